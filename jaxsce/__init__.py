@@ -1,0 +1,16 @@
+"""jaxsce: softmax and cross-entropy for JAX, with fused closed-form gradients."""
+
+import importlib.metadata
+
+from jaxsce._checks import check_labels as check_labels
+from jaxsce._cross_entropy import CrossEntropyAux as CrossEntropyAux
+from jaxsce._cross_entropy import softmax_cross_entropy as softmax_cross_entropy
+from jaxsce._cross_entropy import (
+    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
+)
+from jaxsce._logsumexp import log_softmax as log_softmax
+from jaxsce._logsumexp import logsumexp as logsumexp
+from jaxsce._logsumexp import softmax as softmax
+from jaxsce._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+
+__version__ = importlib.metadata.version("jaxsce")

@@ -1,0 +1,693 @@
+r"""Softmax cross-entropy with a fused, closed-form gradient.
+
+One loss serves every option. With effective targets ``y`` (they absorb class
+weights and label smoothing) the loss of one example is
+
+.. math::
+
+  L(z, y) = \sum_c y_c \, (\operatorname{lse}(z) - z_c),
+  \qquad
+  \frac{\partial L}{\partial z_c} = p_c \sum_k y_k - y_c,
+
+so for a one-hot or probability target (``sum(y) = 1``) the gradient is the
+familiar ``p - y``. :func:`_xent` computes it in one ``jax.custom_vjp``: the
+forward pass only reduces over the classes, the backward pass writes the
+closed form above in one sweep. The same values without the custom rule are
+:func:`_xent_values`, which JAX differentiates by itself (``fused=False``).
+
+Accuracy: ``lse(z) - z_c`` is computed as ``(m - z_c) + log1p(rest)``, a sum
+of two non-negative terms (see :mod:`jaxsce._logsumexp`), and the gradient of
+the largest class as ``(e K - y) - y rest`` over ``1 + rest``, which is
+``-rest / (1 + rest)`` exactly when the target is one-hot on it. Neither
+loses the tiny ``1 - p`` of a confident prediction.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxsce._logsumexp import (
+    Axis,
+    classes_last,
+    compute_dtype,
+    mask_logits,
+    max_and_rest,
+    normalize_axes,
+)
+
+REDUCTIONS = ("none", "sum", "mean")
+SMOOTHINGS = ("torch", "t5x")
+
+
+class Targets(NamedTuple):
+    """Effective targets ``y = dense + label_weight * onehot(labels) + smooth_weight * u``.
+
+    ``u`` is 1 (or ``class_weights``) on every valid class and 0 on masked ones.
+    Any part may be None. Shapes: ``dense`` ``(..., C)``; ``labels``,
+    ``label_weight``, ``smooth_weight`` ``(...,)``; ``class_weights`` ``(C,)``.
+    """
+
+    dense: jax.Array | None = None
+    labels: jax.Array | None = None
+    label_weight: jax.Array | None = None
+    smooth_weight: jax.Array | None = None
+    class_weights: jax.Array | None = None
+
+
+def _xmul(y: jax.Array, nll: jax.Array) -> jax.Array:
+    """``y * nll`` with ``0 * inf = 0``: a class without target mass costs nothing."""
+    return jnp.where(y == 0, 0.0, y * nll)
+
+
+def _uniform(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Array:
+    """The smoothing part's class profile ``u``, broadcastable to ``z``."""
+    u = jnp.ones((), z.dtype) if t.class_weights is None else t.class_weights.astype(z.dtype)
+    return u if where is None else jnp.where(where, u, 0.0)
+
+
+def _onehot(labels: jax.Array, z: jax.Array) -> jax.Array:
+    """One-hot rows by comparison with an iota (no scatter)."""
+    iota = jax.lax.broadcasted_iota(labels.dtype, z.shape, z.ndim - 1)
+    return iota == labels[..., None]
+
+
+def _dense_targets(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Array:
+    """Writes the effective targets out as a ``(..., C)`` array (fused by XLA)."""
+    y = jnp.zeros_like(z) if t.dense is None else t.dense.astype(z.dtype)
+    if t.labels is not None:
+        a = 1.0 if t.label_weight is None else t.label_weight[..., None].astype(z.dtype)
+        y = y + jnp.where(_onehot(t.labels, z), a, 0.0)
+    if t.smooth_weight is not None:
+        y = y + t.smooth_weight[..., None].astype(z.dtype) * _uniform(t, where, z)
+    return y
+
+
+def _bad_labels(t: Targets, num_classes: int) -> jax.Array | bool:
+    if t.labels is None:
+        return False
+    return (t.labels < 0) | (t.labels >= num_classes)
+
+
+def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
+    """The loss, its log-sum-exp and whether the target's class scores highest.
+
+    Args:
+      z: ``(..., C)`` logits (any float dtype; computed in at least float32).
+      where: ``(..., C)`` boolean mask of valid classes, or None.
+      t: the effective targets.
+
+    Returns:
+      ``(ce, lse, correct)``, each ``(...,)``. ``ce`` is NaN where a label lies
+      outside ``[0, C)``.
+    """
+    z = mask_logits(z.astype(compute_dtype(z.dtype)), where)
+    s = max_and_rest(z)
+    log1p_rest = jnp.log1p(s.rest)
+    ce = jnp.zeros(z.shape[:-1], z.dtype)
+    if t.labels is not None:
+        safe = jnp.clip(t.labels, 0, z.shape[-1] - 1)
+        z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
+        a = 1.0 if t.label_weight is None else t.label_weight.astype(z.dtype)
+        ce = ce + _xmul(a, (s.shift - z_y) + log1p_rest)
+        correct = z_y >= s.shift
+    if t.dense is not None or t.smooth_weight is not None:
+        nll = (s.shift[..., None] - z) + log1p_rest[..., None]
+        if t.dense is not None:
+            ce = ce + jnp.sum(_xmul(t.dense.astype(z.dtype), nll), axis=-1)
+            if t.labels is None:
+                k = jnp.argmax(t.dense, axis=-1)
+                correct = jnp.take_along_axis(z, k[..., None], axis=-1)[..., 0] >= s.shift
+        if t.smooth_weight is not None:
+            smooth = jnp.sum(_xmul(_uniform(t, where, z), nll), axis=-1)
+            ce = ce + _xmul(t.smooth_weight.astype(z.dtype), smooth)
+    bad = _bad_labels(t, z.shape[-1])
+    ce = jnp.where(bad, jnp.nan, ce)
+    correct = correct & ~s.empty & ~bad
+    return (ce, s.logsumexp, correct), (s, z)
+
+
+@jax.custom_vjp
+def _xent(z: jax.Array, where: jax.Array | None, t: Targets):
+    """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``."""
+    return _xent_values(z, where, t)[0]
+
+
+def _xent_fwd(z, where, t):
+    out, (s, _) = _xent_values(z, where, t)
+    # Residuals: the inputs themselves and three numbers per example.
+    return out, (z, where, t, s.shift, s.rest, s.empty)
+
+
+def _xent_bwd(res, g):
+    z_in, where, t, shift, rest, empty = res
+    g_ce, g_lse, _ = g  # `correct` is boolean: it has no cotangent.
+    z = mask_logits(z_in.astype(compute_dtype(z_in.dtype)), where)
+    g_ce, g_lse = g_ce[..., None], g_lse[..., None]
+    rest, shift = rest[..., None], shift[..., None]
+    e = jnp.exp(z - shift)  # p = e / (1 + rest); e = 1 on the largest logit
+    y = _dense_targets(t, where, z)
+    k = g_ce * jnp.sum(y, axis=-1, keepdims=True) + g_lse
+    # g (p K - y) written as ((e K - g y) - g y rest) / (1 + rest): on a one-hot
+    # target at the largest logit it is exactly -g rest / (1 + rest).
+    dz = ((e * k - g_ce * y) - g_ce * y * rest) / (1 + rest)
+    dz = jnp.where(empty[..., None], 0.0, dz)
+    if t.labels is not None:
+        dz = jnp.where(_bad_labels(t, z.shape[-1])[..., None], jnp.nan, dz)
+    if where is not None:
+        dz = jnp.where(where, dz, 0.0)
+
+    # Cotangents of the float targets: dL/dy_c = lse - z_c.
+    def nll():
+        return (shift - z) + jnp.log1p(rest)
+
+    dt = Targets(
+        dense=None if t.dense is None else (g_ce * nll()).astype(t.dense.dtype),
+        label_weight=None,
+        smooth_weight=None,
+        class_weights=None,
+    )
+    if t.labels is not None and t.label_weight is not None:
+        safe = jnp.clip(t.labels, 0, z.shape[-1] - 1)
+        nll_y = jnp.take_along_axis(nll(), safe[..., None], axis=-1)[..., 0]
+        dt = dt._replace(label_weight=(g_ce[..., 0] * nll_y).astype(t.label_weight.dtype))
+    if t.smooth_weight is not None:
+        u_nll = _xmul(_uniform(t, where, z), nll())
+        dt = dt._replace(
+            smooth_weight=(g_ce[..., 0] * jnp.sum(u_nll, -1)).astype(t.smooth_weight.dtype)
+        )
+        if t.class_weights is not None:
+            valid_nll = nll() if where is None else jnp.where(where, nll(), 0.0)
+            terms = g_ce * t.smooth_weight[..., None].astype(z.dtype) * valid_nll
+            dcw = jnp.sum(terms.reshape(-1, z.shape[-1]), axis=0)
+            dt = dt._replace(class_weights=dcw.astype(t.class_weights.dtype))
+    return dz.astype(z_in.dtype), None, dt
+
+
+_xent.defvjp(_xent_fwd, _xent_bwd)
+
+
+# -- public functions --------------------------------------------------------
+
+
+class CrossEntropyAux(NamedTuple):
+    """What the loss computed on the way, returned with ``return_aux=True``.
+
+    Attributes:
+      logsumexp: ``(...,)`` per-example ``lse(logits)`` (differentiable).
+      z_loss: ``(...,)`` per-example ``z_loss * lse^2`` (0 for ignored examples).
+      correct: ``(...,)`` bool, the target's class has the largest logit (ties
+        count as correct; for probability targets, the target's argmax class).
+      count: scalar, the number of examples counted (not ignored).
+      denominator: scalar, what ``reduction="mean"`` divides the sum by.
+    """
+
+    logsumexp: jax.Array
+    z_loss: jax.Array
+    correct: jax.Array
+    count: jax.Array
+    denominator: jax.Array
+
+
+def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_loss):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fname}: `reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
+    if normalizer is not None:
+        if reduction != "mean":
+            raise ValueError(
+                f"{fname}: `normalizer` replaces the denominator of reduction='mean';"
+                f" got reduction={reduction!r}."
+            )
+        if isinstance(normalizer, numbers.Real) and not normalizer > 0:
+            raise ValueError(f"{fname}: `normalizer` must be > 0, got {normalizer!r}.")
+    if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing <= 1:
+        raise ValueError(
+            f"{fname}: `label_smoothing` must be a number in [0, 1], got {label_smoothing!r}."
+        )
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"{fname}: `smoothing` must be one of {SMOOTHINGS}, got {smoothing!r}.")
+    if not isinstance(z_loss, numbers.Real) or not z_loss >= 0:
+        raise ValueError(f"{fname}: `z_loss` must be a number >= 0, got {z_loss!r}.")
+
+
+def _check_logits(fname, logits):
+    logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(
+            f"{fname}: `logits` must be a floating-point array, got dtype {logits.dtype}."
+        )
+    return logits
+
+
+def _check_where(fname, where, logits):
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"{fname}: `where` must be a boolean array, got dtype {where.dtype}.")
+    try:
+        return jnp.broadcast_to(where, logits.shape)
+    except ValueError:
+        raise ValueError(
+            f"{fname}: `where` of shape {where.shape} does not broadcast to `logits` of"
+            f" shape {logits.shape}."
+        ) from None
+
+
+def _check_class_weights(fname, class_weights, num_classes):
+    if class_weights is None:
+        return None
+    class_weights = jnp.asarray(class_weights)
+    if not jnp.issubdtype(class_weights.dtype, jnp.floating):
+        raise TypeError(
+            f"{fname}: `class_weights` must be a floating-point array, got dtype"
+            f" {class_weights.dtype}."
+        )
+    if class_weights.shape != (num_classes,):
+        raise ValueError(
+            f"{fname}: `class_weights` must have shape ({num_classes},) (one weight per"
+            f" class), got shape {class_weights.shape}."
+        )
+    if not isinstance(class_weights, jax.core.Tracer) and bool(jnp.any(class_weights < 0)):
+        raise ValueError(f"{fname}: `class_weights` must be non-negative, got {class_weights}.")
+    return class_weights
+
+
+def _check_sample_weights(fname, sample_weights, batch_shape):
+    if sample_weights is None:
+        return None
+    sample_weights = jnp.asarray(sample_weights)
+    try:
+        return jnp.broadcast_to(sample_weights, batch_shape)
+    except ValueError:
+        raise ValueError(
+            f"{fname}: `sample_weights` of shape {sample_weights.shape} does not broadcast"
+            f" to the batch shape {batch_shape}."
+        ) from None
+
+
+def _num_valid_classes(where, z):
+    """Per-example number of classes that count (the ``C`` of label smoothing)."""
+    if where is None:
+        return jnp.full(z.shape[:-1], z.shape[-1], z.dtype)
+    return jnp.sum(where, axis=-1).astype(z.dtype)
+
+
+def _finish(
+    ce, lse, correct, keep, weight, denominator, normalizer, *, z_loss, reduction, return_aux
+):
+    """Adds the z-loss, drops ignored examples, weights and reduces."""
+    z_term = jnp.where(keep, z_loss * lse**2, 0.0) if z_loss else jnp.zeros_like(ce)
+    loss = jnp.where(keep, ce + z_term, 0.0)
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "sum":
+        loss = jnp.sum(loss)
+    elif reduction == "mean":
+        if normalizer is not None:
+            loss = jnp.sum(loss) / normalizer
+        else:
+            # Every example ignored: 0 with a zero gradient (PyTorch gives NaN).
+            nonzero = denominator > 0
+            loss = jnp.where(nonzero, jnp.sum(loss) / jnp.where(nonzero, denominator, 1.0), 0.0)
+    if not return_aux:
+        return loss
+    count = jnp.sum(keep.astype(ce.dtype))
+    return loss, CrossEntropyAux(lse, z_term, correct & keep, count, denominator)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "axis",
+        "ignore_index",
+        "reduction",
+        "label_smoothing",
+        "smoothing",
+        "z_loss",
+        "return_aux",
+        "fused",
+    ),
+)
+def _integer_labels_impl(
+    logits,
+    labels,
+    where,
+    class_weights,
+    sample_weights,
+    normalizer,
+    *,
+    axis,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    smoothing,
+    z_loss,
+    return_aux,
+    fused,
+):
+    axes = normalize_axes(axis, logits.ndim)
+    z = classes_last(logits, axes)
+    where = None if where is None else classes_last(where, axes)
+    cd = compute_dtype(logits.dtype)
+    keep = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    labels = jnp.where(keep, labels, 0)
+    safe = jnp.clip(labels, 0, z.shape[-1] - 1)
+    w_y = 1.0 if class_weights is None else class_weights.astype(cd)[safe]
+    eps = label_smoothing
+    t = Targets(labels=labels, label_weight=jnp.broadcast_to(jnp.asarray(w_y, cd), labels.shape))
+    entropy = 0.0
+    if eps:
+        n = _num_valid_classes(where, z)
+        if smoothing == "torch":
+            # (1 - eps) on the label, eps / C spread over every valid class.
+            t = t._replace(
+                label_weight=(1 - eps) * t.label_weight,
+                smooth_weight=eps / n,
+                class_weights=class_weights,
+            )
+        else:
+            # T5X: 1 - eps on the label, eps / (C - 1) on each other valid class.
+            low = jnp.where(n > 1, eps / jnp.maximum(n - 1, 1), 0.0)
+            t = t._replace(label_weight=(1 - eps) - low, smooth_weight=low)
+            entropy = -(
+                jax.scipy.special.xlogy(1 - eps, 1 - eps)
+                + (n - 1) * jax.scipy.special.xlogy(low, low)
+            )
+    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t)
+    ce = ce - entropy
+    weight = sample_weights
+    w = keep.astype(cd) * (1.0 if weight is None else weight.astype(cd))
+    denominator = jnp.sum(w * (1.0 if class_weights is None else w_y))
+    return _finish(
+        ce,
+        lse,
+        correct,
+        keep,
+        None if weight is None else weight.astype(cd),
+        denominator,
+        normalizer,
+        z_loss=z_loss,
+        reduction=reduction,
+        return_aux=return_aux,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("axis", "reduction", "label_smoothing", "z_loss", "return_aux", "fused"),
+)
+def _probabilities_impl(
+    logits,
+    labels,
+    where,
+    class_weights,
+    sample_weights,
+    normalizer,
+    *,
+    axis,
+    reduction,
+    label_smoothing,
+    z_loss,
+    return_aux,
+    fused,
+):
+    axes = normalize_axes(axis, logits.ndim)
+    z = classes_last(logits, axes)
+    where = None if where is None else classes_last(where, axes)
+    cd = compute_dtype(jnp.promote_types(logits.dtype, labels.dtype))
+    y = classes_last(labels, axes).astype(cd)
+    eps = label_smoothing
+    if eps:
+        # PyTorch: y <- (1 - eps) y + eps / C over the valid classes.
+        u = 1.0 if where is None else where.astype(cd)
+        y = (1 - eps) * y + (eps / _num_valid_classes(where, z))[..., None] * u
+    if class_weights is not None:
+        y = y * class_weights.astype(cd)
+    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, Targets(dense=y))
+    keep = jnp.ones(ce.shape, bool)
+    weight = None if sample_weights is None else sample_weights.astype(cd)
+    denominator = jnp.sum(keep.astype(cd) if weight is None else weight)
+    return _finish(
+        ce,
+        lse,
+        correct,
+        keep,
+        weight,
+        denominator,
+        normalizer,
+        z_loss=z_loss,
+        reduction=reduction,
+        return_aux=return_aux,
+    )
+
+
+def _xent_values_only(z, where, t):
+    """The plain formulation: the same values, differentiated by JAX itself."""
+    return _xent_values(z, where, t)[0]
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    *,
+    class_weights: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    sample_weights: ArrayLike | None = None,
+    reduction: str = "none",
+    normalizer: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    smoothing: str = "torch",
+    z_loss: float = 0.0,
+    return_aux: bool = False,
+    fused: bool = True,
+):
+    r"""Softmax cross-entropy with class-index labels; a drop-in for optax's.
+
+    .. math::
+
+      L = w_y \big(\operatorname{lse}(z) - z_y\big)
+          + \zeta \operatorname{lse}(z)^2,
+      \qquad
+      \frac{\partial L}{\partial z} = p \big(\textstyle\sum_c y_c
+          + 2 \zeta \operatorname{lse}(z)\big) - y,
+
+    with ``y`` the effective target (``w_y`` on the label, plus the smoothing
+    mass) and ``zeta`` the ``z_loss`` coefficient. Without options this is
+    ``lse(z) - z_y`` with gradient ``p - onehot(y)``.
+
+    The gradient with respect to ``logits`` comes from one ``jax.custom_vjp``
+    whose backward pass is that closed form. It has the dtype of ``logits``;
+    the loss is computed and returned in at least float32 (bfloat16 and float16
+    logits are upcast). ``fused=False`` selects the plain formulation, with the
+    same values, that JAX differentiates by itself: use it for forward mode
+    (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), which a custom_vjp does not
+    support. Reverse-over-reverse (``jax.grad`` of ``jax.grad``) works on both.
+
+    Args:
+      logits: ``(..., C)`` floating-point logits (the class axis is ``axis``).
+      labels: ``(...)`` integer class indices, the shape of ``logits`` without
+        ``axis``. With a tuple ``axis`` a label is a flat (row-major) index into
+        those axes, as in optax.
+      axis: the class axis or axes (static).
+      where: boolean mask broadcastable to ``logits``; False classes are left
+        out of the normaliser and of label smoothing's ``C``.
+      class_weights: ``(C,)`` non-negative weights, PyTorch's ``weight``: the
+        loss of an example is scaled by its label's weight (and the smoothing
+        mass on class ``c`` by ``w_c``).
+      ignore_index: a label value whose examples give 0 loss and 0 gradient
+        (for example -100, as in PyTorch). Default: none.
+      sample_weights: per-example weights, broadcast to the batch shape.
+      reduction: ``"none"`` (per-example losses, as optax), ``"sum"`` or
+        ``"mean"``. The mean divides the sum by the sum over examples not
+        ignored of ``sample_weight * class_weights[label]`` (both 1 when not
+        given): PyTorch's weighted mean. If that is 0 (every example ignored)
+        the mean is 0 with a zero gradient (PyTorch returns NaN).
+      normalizer: with ``reduction="mean"``, divide the sum by this instead (a
+        fixed token count makes gradient accumulation over micro-batches exact).
+      label_smoothing: ``eps`` in [0, 1].
+      smoothing: ``"torch"`` (default): target ``(1 - eps)`` on the label plus
+        ``eps / C`` on every valid class. ``"t5x"``: ``1 - eps`` on the label,
+        ``eps / (C - 1)`` on every other valid class, and the entropy of that
+        target subtracted so that a perfect prediction scores 0.
+      z_loss: coefficient ``zeta`` of the auxiliary ``zeta * lse(z)^2`` (PaLM,
+        T5X). Its gradient flows through the fused rule.
+      return_aux: also return a :class:`CrossEntropyAux` (per-example
+        log-sum-exp, z-loss term, correctness, count, mean denominator).
+      fused: False to use the plain formulation (see above).
+
+    Returns:
+      The loss: ``(...)`` per example for ``reduction="none"``, else a scalar;
+      with ``return_aux``, the pair ``(loss, aux)``. Edge cases: a label outside
+      ``[0, C)`` (and not ``ignore_index``) gives NaN for that example's loss
+      and gradient row (see :func:`jaxsce.check_labels` for a raised error);
+      a label on a masked or ``-inf`` class gives ``+inf``; ``-inf`` logits on
+      other classes give a finite loss and a zero gradient there; a row with no
+      valid class gives ``+inf`` and a zero gradient; NaN or ``+inf`` logits
+      give NaN. An empty batch gives an empty result (sum and mean: 0).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsce
+      >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> jaxsce.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 2]))
+      Array([0.2395447, 1.0986123], dtype=float32)
+
+    References:
+      PyTorch ``torch.nn.functional.cross_entropy``; optax
+      ``softmax_cross_entropy_with_integer_labels``; T5X
+      ``losses.cross_entropy_with_logits``.
+    """
+    fname = "softmax_cross_entropy_with_integer_labels"
+    logits = _check_logits(fname, logits)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"{fname}: `labels` must be integer class indices, got dtype {labels.dtype};"
+            " for probability targets use softmax_cross_entropy."
+        )
+    axes = normalize_axes(axis, logits.ndim)
+    batch_shape = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
+    if labels.shape != batch_shape:
+        raise ValueError(
+            f"{fname}: `labels` must have the shape of `logits` without axis {axis}:"
+            f" logits {logits.shape} need labels {batch_shape}, got {labels.shape}."
+        )
+    num_classes = 1
+    for a in axes:
+        num_classes *= logits.shape[a]
+    if num_classes == 0:
+        raise ValueError(
+            f"{fname}: `logits` of shape {logits.shape} have no classes on axis {axis}."
+        )
+    _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_loss)
+    if smoothing == "t5x" and class_weights is not None and label_smoothing:
+        raise ValueError(f"{fname}: `class_weights` are not defined for smoothing='t5x'.")
+    if ignore_index is not None and not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"{fname}: `ignore_index` must be an int or None, got {ignore_index!r}.")
+    return _integer_labels_impl(
+        logits,
+        labels,
+        _check_where(fname, where, logits),
+        _check_class_weights(fname, class_weights, num_classes),
+        _check_sample_weights(fname, sample_weights, batch_shape),
+        normalizer,
+        axis=axes,
+        ignore_index=None if ignore_index is None else int(ignore_index),
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        smoothing=smoothing,
+        z_loss=float(z_loss),
+        return_aux=return_aux,
+        fused=fused,
+    )
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    *,
+    class_weights: ArrayLike | None = None,
+    sample_weights: ArrayLike | None = None,
+    reduction: str = "none",
+    normalizer: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    return_aux: bool = False,
+    fused: bool = True,
+):
+    r"""Softmax cross-entropy with probability (soft) targets; a drop-in for optax's.
+
+    .. math::
+
+      L = \sum_c y_c \big(\operatorname{lse}(z) - z_c\big)
+          + \zeta \operatorname{lse}(z)^2,
+      \qquad
+      \frac{\partial L}{\partial z} = p \big(\textstyle\sum_c y_c
+          + 2 \zeta \operatorname{lse}(z)\big) - y,
+      \qquad
+      \frac{\partial L}{\partial y} = \operatorname{lse}(z) - z.
+
+    The gradient is ``p - y`` when the targets sum to 1 and ``p sum(y) - y``
+    when they do not; it comes from the same ``jax.custom_vjp`` as
+    :func:`softmax_cross_entropy_with_integer_labels` (see there for dtypes,
+    ``fused`` and forward mode).
+
+    Args:
+      logits: ``(..., C)`` floating-point logits (the class axis is ``axis``).
+      labels: floating-point targets of the shape of ``logits``.
+      axis: the class axis or axes (static).
+      where: boolean mask broadcastable to ``logits``; False classes are left
+        out of the normaliser. Target mass on a masked class makes the loss
+        ``+inf`` (optax silently drops it).
+      class_weights: ``(C,)`` non-negative weights: target ``y_c`` becomes
+        ``w_c y_c`` (PyTorch).
+      sample_weights: per-example weights, broadcast to the batch shape.
+      reduction: ``"none"`` (default), ``"sum"`` or ``"mean"``; the mean divides
+        by the number of examples (or the sum of ``sample_weights``), as
+        PyTorch does for probability targets.
+      normalizer: with ``reduction="mean"``, divide the sum by this instead.
+      label_smoothing: ``eps`` in [0, 1]: ``y <- (1 - eps) y + eps / C`` over the
+        valid classes (PyTorch).
+      z_loss: coefficient ``zeta`` of ``zeta * lse(z)^2``.
+      return_aux: also return a :class:`CrossEntropyAux`.
+      fused: False to use the plain formulation that JAX differentiates.
+
+    Returns:
+      The loss (``(...)`` per example, or a scalar when reduced), in at least
+      float32; with ``return_aux``, ``(loss, aux)``. Targets of 0 on ``-inf``
+      logits cost nothing; NaN or ``+inf`` logits give NaN.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsce
+      >>> logits = jnp.array([2.0, 0.0, 0.0])
+      >>> jaxsce.softmax_cross_entropy(logits, jnp.array([0.5, 0.5, 0.0]))
+      Array(1.2395447, dtype=float32)
+    """
+    fname = "softmax_cross_entropy"
+    logits = _check_logits(fname, logits)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.floating):
+        raise TypeError(
+            f"{fname}: `labels` must be floating-point probabilities, got dtype {labels.dtype};"
+            " for class indices use softmax_cross_entropy_with_integer_labels."
+        )
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"{fname}: `labels` must have the shape of `logits`: logits {logits.shape},"
+            f" labels {labels.shape}."
+        )
+    axes = normalize_axes(axis, logits.ndim)
+    batch_shape = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
+    num_classes = 1
+    for a in axes:
+        num_classes *= logits.shape[a]
+    if num_classes == 0:
+        raise ValueError(
+            f"{fname}: `logits` of shape {logits.shape} have no classes on axis {axis}."
+        )
+    _check_options(fname, reduction, normalizer, label_smoothing, "torch", z_loss)
+    if class_weights is not None and len(axes) > 1:
+        raise ValueError(f"{fname}: `class_weights` need a single class axis, got axis={axis}.")
+    return _probabilities_impl(
+        logits,
+        labels,
+        _check_where(fname, where, logits),
+        _check_class_weights(fname, class_weights, num_classes),
+        _check_sample_weights(fname, sample_weights, batch_shape),
+        normalizer,
+        axis=axes,
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss),
+        return_aux=return_aux,
+        fused=fused,
+    )

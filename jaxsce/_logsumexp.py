@@ -1,0 +1,234 @@
+r"""The log-sum-exp core: one place that computes the softmax normaliser.
+
+Every function of jaxsce (softmax, log-softmax, the losses and their fused
+gradient) takes its normaliser from :func:`max_and_rest`, which writes it as
+
+.. math::
+
+  \log \sum_k e^{z_k} = m + \operatorname{log1p}(r), \qquad
+  m = \max_k z_k, \qquad r = \sum_{k \ne \text{top}} e^{z_k - m},
+
+where the sum ``r`` runs over every class but the largest. Writing the top
+class's ``e^0 = 1`` as the exact ``1`` of ``log1p`` keeps the tiny ``r`` of a
+confident prediction: ``log(1 + r)`` rounds ``1 + r`` to 1 when ``r`` is below
+float32's epsilon and returns 0, ``log1p(r)`` returns ``r`` to full precision.
+The same ``r`` gives ``1 - p_top = r / (1 + r)`` without cancellation.
+
+The shift ``m`` goes through ``lax.stop_gradient``. Each largest entry (all of
+them when several tie) enters the sum as ``expm1(z_k - m)``: exactly 0 in
+value, with the derivative of ``e^{z_k - m}``. The tied 1s come back as the
+exact integer ``count - 1``. So ``1 + r`` is, as a function, the plain sum of
+exponentials, and JAX differentiates it correctly to every order.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Axis = int | Sequence[int]
+
+
+# -- moving the class axes to the end ------------------------------------------
+
+
+def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """Returns ``axis`` as a sorted tuple of non-negative ints, checking each."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if not axes:
+        raise ValueError(f"`{name}` must name at least one axis, got {axis!r}.")
+    out = []
+    for a in axes:
+        if not isinstance(a, int) or not -ndim <= a < ndim:
+            raise ValueError(f"`{name}`={axis!r} is out of range for an array of rank {ndim}.")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"`{name}`={axis!r} repeats an axis.")
+    return tuple(sorted(out))
+
+
+def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Moves ``axes`` to the end and flattens them into one class axis."""
+    k = len(axes)
+    x = jnp.moveaxis(x, axes, tuple(range(x.ndim - k, x.ndim)))
+    batch = x.shape[: x.ndim - k]
+    return x.reshape(batch + (math.prod(x.shape[x.ndim - k :]),))
+
+
+def classes_restore(x: jax.Array, axes: tuple[int, ...], shape) -> jax.Array:
+    """Inverse of :func:`classes_last` for an array of the original ``shape``."""
+    k = len(axes)
+    moved = [d for i, d in enumerate(shape) if i not in axes] + [shape[a] for a in axes]
+    x = x.reshape(moved)
+    return jnp.moveaxis(x, tuple(range(x.ndim - k, x.ndim)), axes)
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype jaxsce computes in: at least float32 (16-bit floats are upcast)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+# -- the core ------------------------------------------------------------------
+
+
+class MaxAndRest(NamedTuple):
+    """The normaliser of each row, in the form ``m + log1p(rest)``.
+
+    Attributes:
+      shift: ``(...,)`` the largest logit ``m``; 0 in rows with no valid class
+        (all masked or all ``-inf``), NaN in rows holding NaN or ``+inf``.
+      rest: ``(...,)`` the sum of ``exp(z_k - m)`` over every class but one of
+        the largest, so that the row's sum of exponentials is ``1 + rest``.
+      empty: ``(...,)`` True in rows with no valid class.
+    """
+
+    shift: jax.Array
+    rest: jax.Array
+    empty: jax.Array
+
+    @property
+    def logsumexp(self) -> jax.Array:
+        return jnp.where(self.empty, -jnp.inf, self.shift + jnp.log1p(self.rest))
+
+
+def mask_logits(z: jax.Array, where: jax.Array | None) -> jax.Array:
+    """Sets masked entries to ``-inf`` (their gradient through it is 0)."""
+    return z if where is None else jnp.where(where, z, -jnp.inf)
+
+
+def max_and_rest(z: jax.Array) -> MaxAndRest:
+    """Splits the log-sum-exp of ``z`` over its last axis as ``m + log1p(rest)``.
+
+    Args:
+      z: ``(..., C)`` logits with masked entries already set to ``-inf``, in the
+        dtype to compute in.
+
+    Returns:
+      A :class:`MaxAndRest` with arrays of shape ``(...,)``.
+    """
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1))
+    empty = m == -jnp.inf
+    # -inf rows shift by 0 (every exponential is then 0); +inf rows by NaN, so
+    # that NaN comes out rather than a number that hides the overflow.
+    shift = jnp.where(jnp.isfinite(m), m, jnp.where(empty, 0.0, jnp.nan))
+    top = (z == m[..., None]) & ~empty[..., None]
+    # Each top entry contributes e^{z - m} - 1, which is exactly 0 but keeps
+    # its derivative e^{z - m}; the 1s come back as the exact count below.
+    x = z - shift[..., None]
+    terms = jnp.where(top, jnp.expm1(x), jnp.exp(x))
+    ties = jnp.sum(top, axis=-1).astype(z.dtype) - 1
+    rest = jnp.sum(terms, axis=-1) + jnp.maximum(ties, 0.0)
+    return MaxAndRest(shift, rest, empty)
+
+
+def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{fname}: `x` must be a floating-point array, got dtype {x.dtype}.")
+    axes = normalize_axes(axis, x.ndim)
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_:
+            raise TypeError(f"{fname}: `where` must be a boolean array, got dtype {where.dtype}.")
+        try:
+            where = jnp.broadcast_to(where, x.shape)
+        except ValueError:
+            raise ValueError(
+                f"{fname}: `where` of shape {where.shape} does not broadcast to `x` of"
+                f" shape {x.shape}."
+            ) from None
+        where = classes_last(where, axes)
+    z = classes_last(x, axes).astype(compute_dtype(x.dtype))
+    return x, axes, mask_logits(z, where)
+
+
+@functools.partial(jax.jit, static_argnames=("axis",))
+def logsumexp(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Log-sum-exp over the class axis.
+
+    .. math::
+
+      \operatorname{lse}(z) = \log \sum_k e^{z_k} = m + \operatorname{log1p}
+        \Big(\sum_{k \ne \text{top}} e^{z_k - m}\Big), \quad m = \max_k z_k
+
+    Args:
+      x: ``(..., C, ...)`` floating-point array.
+      axis: the class axis or axes (static).
+      where: optional boolean mask broadcastable to ``x``; False entries are
+        left out of the sum.
+
+    Returns:
+      ``x`` with ``axis`` reduced, in ``x``'s dtype (16-bit inputs are computed
+      in float32). A row with no valid entry (all masked or all ``-inf``) gives
+      ``-inf`` and a zero gradient; NaN or ``+inf`` in a row gives NaN.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsce
+      >>> float(jaxsce.logsumexp(jnp.array([0.0, 0.0])))  # log 2
+      0.693...
+    """
+    x, axes, z = _prepare(x, axis, where, "logsumexp")
+    return max_and_rest(z).logsumexp.astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("axis",))
+def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Log-softmax: ``z_i - lse(z)``, accurate for the largest entry too.
+
+    .. math::
+
+      \log p_i = (z_i - m) - \operatorname{log1p}\Big(\sum_{k \ne \text{top}}
+        e^{z_k - m}\Big)
+
+    Args:
+      x: ``(..., C, ...)`` floating-point array.
+      axis: the class axis or axes (static).
+      where: optional boolean mask broadcastable to ``x``.
+
+    Returns:
+      An array of ``x``'s shape and dtype. Masked entries are ``-inf``; a row
+      with no valid entry is all ``-inf`` (no NaN, gradients included).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsce
+      >>> jaxsce.log_softmax(jnp.array([0.0, 0.0]))
+      Array([-0.693..., -0.693...], dtype=float32)
+    """
+    x, axes, z = _prepare(x, axis, where, "log_softmax")
+    s = max_and_rest(z)
+    out = (z - s.shift[..., None]) - jnp.log1p(s.rest)[..., None]
+    return classes_restore(out.astype(x.dtype), axes, x.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("axis",))
+def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Softmax: ``p_i = e^{z_i} / sum_k e^{z_k}``, shifted by the largest logit.
+
+    .. math::
+
+      p_i = \frac{e^{z_i - m}}{1 + \sum_{k \ne \text{top}} e^{z_k - m}}
+
+    Args:
+      x: ``(..., C, ...)`` floating-point array.
+      axis: the class axis or axes (static).
+      where: optional boolean mask broadcastable to ``x``.
+
+    Returns:
+      An array of ``x``'s shape and dtype. Masked entries are 0; a row with no
+      valid entry is all 0 (no NaN, gradients included).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxsce
+      >>> jaxsce.softmax(jnp.array([0.0, 0.0]))
+      Array([0.5, 0.5], dtype=float32)
+    """
+    x, axes, z = _prepare(x, axis, where, "softmax")
+    s = max_and_rest(z)
+    out = jnp.exp(z - s.shift[..., None]) / (1 + s.rest)[..., None]
+    return classes_restore(out.astype(x.dtype), axes, x.shape)
