@@ -36,6 +36,7 @@ from jaxsce._logsumexp import (
     Axis,
     classes_last,
     compute_dtype,
+    exp_shifted,
     mask_logits,
     max_and_rest,
     normalize_axes,
@@ -88,10 +89,11 @@ def _dense_targets(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Arr
     return y
 
 
-def _bad_labels(t: Targets, num_classes: int) -> jax.Array | bool:
+def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
+    """``(...,)`` True where a label lies outside ``[0, C)``."""
     if t.labels is None:
-        return False
-    return (t.labels < 0) | (t.labels >= num_classes)
+        return jnp.zeros(z.shape[:-1], bool)
+    return (t.labels < 0) | (t.labels >= z.shape[-1])
 
 
 def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
@@ -126,7 +128,7 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
         if t.smooth_weight is not None:
             smooth = jnp.sum(_xmul(_uniform(t, where, z), nll), axis=-1)
             ce = ce + _xmul(t.smooth_weight.astype(z.dtype), smooth)
-    bad = _bad_labels(t, z.shape[-1])
+    bad = _bad_labels(t, z)
     ce = jnp.where(bad, jnp.nan, ce)
     correct = correct & ~s.empty & ~bad
     return (ce, s.logsumexp, correct), (s, z)
@@ -150,15 +152,14 @@ def _xent_bwd(res, g):
     z = mask_logits(z_in.astype(compute_dtype(z_in.dtype)), where)
     g_ce, g_lse = g_ce[..., None], g_lse[..., None]
     rest, shift = rest[..., None], shift[..., None]
-    e = jnp.exp(z - shift)  # p = e / (1 + rest); e = 1 on the largest logit
+    e = exp_shifted(z, shift)  # p = e / (1 + rest); e = 1 on the largest logit
     y = _dense_targets(t, where, z)
     k = g_ce * jnp.sum(y, axis=-1, keepdims=True) + g_lse
     # g (p K - y) written as ((e K - g y) - g y rest) / (1 + rest): on a one-hot
     # target at the largest logit it is exactly -g rest / (1 + rest).
     dz = ((e * k - g_ce * y) - g_ce * y * rest) / (1 + rest)
     dz = jnp.where(empty[..., None], 0.0, dz)
-    if t.labels is not None:
-        dz = jnp.where(_bad_labels(t, z.shape[-1])[..., None], jnp.nan, dz)
+    dz = jnp.where(_bad_labels(t, z)[..., None], jnp.nan, dz)
     if where is not None:
         dz = jnp.where(where, dz, 0.0)
 
@@ -420,7 +421,7 @@ def _probabilities_impl(
     axes = normalize_axes(axis, logits.ndim)
     z = classes_last(logits, axes)
     where = None if where is None else classes_last(where, axes)
-    cd = compute_dtype(jnp.promote_types(logits.dtype, labels.dtype))
+    cd = compute_dtype(logits.dtype)
     y = classes_last(labels, axes).astype(cd)
     eps = label_smoothing
     if eps:

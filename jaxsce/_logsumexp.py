@@ -71,7 +71,8 @@ def classes_restore(x: jax.Array, axes: tuple[int, ...], shape) -> jax.Array:
 
 def compute_dtype(dtype) -> jnp.dtype:
     """The dtype jaxsce computes in: at least float32 (16-bit floats are upcast)."""
-    return jnp.promote_types(dtype, jnp.float32)
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else dtype
 
 
 # -- the core ------------------------------------------------------------------
@@ -102,6 +103,26 @@ def mask_logits(z: jax.Array, where: jax.Array | None) -> jax.Array:
     return z if where is None else jnp.where(where, z, -jnp.inf)
 
 
+def exp_shifted(z: jax.Array, shift: jax.Array) -> jax.Array:
+    """``exp(z - shift)`` with the rounding error of the subtraction put back.
+
+    ``z - shift`` rounds to ``d`` with an absolute error up to half an ulp of
+    ``d``; through ``exp`` that becomes a relative error of ``|d| eps / 2``
+    (about 25 ulp at ``d = -50``). Knuth's TwoSum recovers the exact error
+    ``r = (z - shift) - d``, and ``exp(d) (1 + r)`` is exact to first order.
+    ``r`` has derivative 0 (``stop_gradient`` says so), so the derivative is
+    that of ``exp(z - shift)``.
+    """
+    d = z - shift
+    # TwoSum(z, -shift): d + r == z - shift exactly.
+    z_part = d + shift
+    shift_part = z_part - d
+    r = (z - z_part) + (shift_part - shift)
+    r = jax.lax.stop_gradient(jnp.where(jnp.isfinite(d), r, 0.0))
+    e = jnp.exp(d)
+    return e + e * r
+
+
 def max_and_rest(z: jax.Array) -> MaxAndRest:
     """Splits the log-sum-exp of ``z`` over its last axis as ``m + log1p(rest)``.
 
@@ -121,7 +142,7 @@ def max_and_rest(z: jax.Array) -> MaxAndRest:
     # Each top entry contributes e^{z - m} - 1, which is exactly 0 but keeps
     # its derivative e^{z - m}; the 1s come back as the exact count below.
     x = z - shift[..., None]
-    terms = jnp.where(top, jnp.expm1(x), jnp.exp(x))
+    terms = jnp.where(top, jnp.expm1(x), exp_shifted(z, shift[..., None]))
     ties = jnp.sum(top, axis=-1).astype(z.dtype) - 1
     rest = jnp.sum(terms, axis=-1) + jnp.maximum(ties, 0.0)
     return MaxAndRest(shift, rest, empty)
@@ -230,5 +251,5 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
     """
     x, axes, z = _prepare(x, axis, where, "softmax")
     s = max_and_rest(z)
-    out = jnp.exp(z - s.shift[..., None]) / (1 + s.rest)[..., None]
+    out = exp_shifted(z, s.shift[..., None]) / (1 + s.rest)[..., None]
     return classes_restore(out.astype(x.dtype), axes, x.shape)

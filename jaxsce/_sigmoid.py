@@ -54,7 +54,7 @@ _bce.defvjp(_bce_fwd, _bce_bwd)
 
 @functools.partial(jax.jit, static_argnames=("fused",))
 def _bce_impl(logits, labels, *, fused):
-    cd = compute_dtype(jnp.promote_types(logits.dtype, labels.dtype))
+    cd = compute_dtype(logits.dtype)
     z, y = logits.astype(cd), labels.astype(cd)
     return (_bce if fused else _bce_values)(z, y)
 

@@ -1,0 +1,9 @@
+"""symbolic: the maths of jaxsce derived and proven by sympy, and bridged to JAX."""
+
+from symbolic._all import derive_all as derive_all
+from symbolic._bridge import jax_function as jax_function
+from symbolic._derivation import Derivation as Derivation
+from symbolic._derivation import Formula as Formula
+from symbolic._derivation import Step as Step
+from symbolic._prover import Proof as Proof
+from symbolic._prover import prove as prove

@@ -1,0 +1,43 @@
+"""``python -m symbolic`` / ``jaxsce-derive``: print the derivations; ``--check`` compares with jaxsce."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Derive, prove and print; return 0 when every proof and every check passes."""
+    parser = argparse.ArgumentParser(prog="jaxsce-derive", description=__doc__)
+    parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
+    parser.add_argument("--output", "-o", help="write to this file instead of stdout")
+    parser.add_argument("--check", action="store_true",
+                        help="also compare every formula with jaxsce and JAX autodiff")
+    args = parser.parse_args(argv)
+
+    from symbolic import _render
+    from symbolic._all import derive_all
+
+    derivations = derive_all()
+    render = {"text": _render.render_text, "markdown": _render.render_markdown,
+              "latex": _render.render_latex}[args.format]
+    doc = render(derivations)
+    ok = all(dv.ok for dv in derivations)
+    if args.check:
+        from symbolic._check import check_all, format_table
+
+        rows = check_all(derivations)
+        doc += "\n" + format_table(rows, markdown=args.format != "text")
+        ok = ok and all(row.ok for row in rows)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(doc)
+    else:
+        sys.stdout.write(doc)
+    print(("all proofs hold" if ok else "FAILED") + (" and all checks pass" if ok and args.check
+                                                    else ""), file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""logsumexp, softmax and log_softmax against jax.nn, mpmath and their edge cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsce
+from tests._references import lse_mp, ulp_error
+
+FUNCS = {
+    "logsumexp": (jaxsce.logsumexp, lambda x, axis=-1: jax.nn.logsumexp(x, axis=axis)),
+    "softmax": (jaxsce.softmax, jax.nn.softmax),
+    "log_softmax": (jaxsce.log_softmax, jax.nn.log_softmax),
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+TOL = {jnp.float32: 1e-6, jnp.bfloat16: 2e-2, jnp.float16: 2e-3, jnp.float64: 1e-13}
+
+
+def _x(shape, dtype, seed=0):
+    return (3 * jax.random.normal(jax.random.PRNGKey(seed), shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("name", FUNCS)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("axis", [-1, 0, (0, 2)], ids=["last", "first", "tuple"])
+def test_matches_jax_nn(name, dtype, axis):
+    ours, theirs = FUNCS[name]
+    x = _x((3, 4, 5), dtype)
+    got = ours(x, axis=axis)
+    assert got.dtype == dtype
+    want = theirs(x.astype(jnp.float32), axis=axis)
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("name", FUNCS)
+def test_float64(name, x64):
+    ours, theirs = FUNCS[name]
+    x = _x((4, 6), jnp.float64)
+    np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-13, atol=1e-13)
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(ours(x))))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(theirs(x))))(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", FUNCS)
+@pytest.mark.parametrize("transform", ["jit", "vmap", "grad", "jacfwd", "hessian"])
+def test_transforms(name, transform):
+    ours, theirs = FUNCS[name]
+    x = _x((3, 5), jnp.float32)
+
+    def scalar(f):
+        return lambda x: jnp.sum(jnp.sin(f(x)))
+
+    if transform == "jit":
+        got, want = jax.jit(ours)(x), theirs(x)
+    elif transform == "vmap":
+        got, want = jax.vmap(ours)(x), ours(x)
+    elif transform == "grad":
+        got, want = jax.grad(scalar(ours))(x), jax.grad(scalar(theirs))(x)
+    elif transform == "jacfwd":
+        got, want = jax.jacfwd(ours)(x[0]), jax.jacfwd(theirs)(x[0])
+    else:
+        got, want = jax.hessian(scalar(ours))(x[0]), jax.hessian(scalar(theirs))(x[0])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_ties_keep_exact_derivatives(x64):
+    # Two equal largest logits: the sum leaves both out and adds back 1; the
+    # Jacobian and Hessian must still be those of the plain formula.
+    x = jnp.array([1.0, 1.0, 0.0, -2.0])
+    np.testing.assert_allclose(
+        jax.jacfwd(jaxsce.softmax)(x), jax.jacfwd(jax.nn.softmax)(x), atol=1e-15
+    )
+    np.testing.assert_allclose(
+        jax.hessian(jaxsce.logsumexp)(x), jax.hessian(jax.nn.logsumexp)(x), atol=1e-15
+    )
+    p = jax.nn.softmax(x)
+    np.testing.assert_allclose(
+        jax.hessian(jaxsce.logsumexp)(x), jnp.diag(p) - jnp.outer(p, p), atol=1e-15
+    )
+
+
+def test_where_mask():
+    x = _x((2, 5), jnp.float32)
+    where = jnp.array([[True, False, True, True, False], [True] * 5])
+    p = jaxsce.softmax(x, where=where)
+    assert np.all(p[0, ~where[0]] == 0)
+    np.testing.assert_allclose(p.sum(-1), 1, rtol=1e-6)
+    np.testing.assert_allclose(p, jax.nn.softmax(x, where=where), rtol=1e-6, atol=1e-7)
+    lp = jaxsce.log_softmax(x, where=where)
+    assert np.all(lp[0, ~where[0]] == -np.inf)
+    np.testing.assert_allclose(
+        jaxsce.logsumexp(x, where=where), jax.nn.logsumexp(x, axis=-1, where=where), rtol=1e-6
+    )
+    g = jax.grad(lambda x: jnp.sum(jaxsce.logsumexp(x, where=where)))(x)
+    assert np.all(g[0, ~where[0]] == 0)
+
+
+@pytest.mark.parametrize("name", FUNCS)
+def test_rows_without_valid_class_give_no_nan(name):
+    ours, _ = FUNCS[name]
+    x = jnp.array([[-jnp.inf] * 3, [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    where = jnp.array([[True] * 3, [True] * 3, [False] * 3])
+    out = ours(x, where=where)
+    want = {"logsumexp": -np.inf, "softmax": 0.0, "log_softmax": -np.inf}[name]
+    assert np.all(out[0] == want) and np.all(out[2] == want)
+    assert not np.any(np.isnan(out))
+    for f in (jax.grad, jax.hessian):
+        d = f(
+            lambda x: jnp.sum(
+                jnp.where(jnp.isfinite(ours(x, where=where)), ours(x, where=where), 0)
+            )
+        )(x)
+        assert not np.any(np.isnan(d)), f
+
+
+def test_nan_and_posinf_propagate():
+    for bad in (jnp.nan, jnp.inf):
+        x = jnp.array([0.0, bad, 1.0])
+        assert np.isnan(jaxsce.logsumexp(x))
+        assert np.all(np.isnan(jaxsce.softmax(x)))
+        assert np.all(np.isnan(jaxsce.log_softmax(x)))
+
+
+def test_neg_inf_entries_are_zero_probability():
+    x = jnp.array([0.0, -jnp.inf, 1.0])
+    p = jaxsce.softmax(x)
+    assert p[1] == 0
+    g = jax.grad(lambda x: jaxsce.logsumexp(x))(x)
+    assert g[1] == 0 and np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e4])
+def test_accuracy_against_mpmath(scale):
+    """log_softmax of the largest logit and logsumexp stay within a few ulp."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for margin in (0.0, 5.0, 20.0, 40.0):
+        z = (scale + rng.uniform(-10, 0, 50)).astype(np.float32)
+        z[7] = np.float32(z.max() + margin)
+        rows.append(z)
+    z = np.stack(rows)
+    lse = jaxsce.logsumexp(z)
+    lse_ref = np.array([lse_mp(r) for r in z])
+    assert ulp_error(lse, lse_ref).max() <= 1
+    lp_top = jaxsce.log_softmax(z)[:, 7]
+    lp_ref = np.array([float(r[7]) - lse_mp(r) for r in z])
+    assert ulp_error(lp_top, lp_ref).max() <= 4
+    # The bound rejects the textbook formula, which rounds 1 + tiny to 1.
+    naive = z[:, 7] - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1)) - z.max(-1)
+    assert ulp_error(naive.astype(np.float32), lp_ref).max() > 100
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="floating-point"):
+        jaxsce.softmax(jnp.arange(3))
+    with pytest.raises(TypeError, match="boolean"):
+        jaxsce.softmax(jnp.ones(3), where=jnp.ones(3))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        jaxsce.logsumexp(jnp.ones((2, 3)), where=jnp.ones((4,), bool))
+    with pytest.raises(ValueError, match="out of range"):
+        jaxsce.log_softmax(jnp.ones((2, 3)), axis=2)
