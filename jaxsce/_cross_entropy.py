@@ -68,7 +68,10 @@ def _xmul(y: jax.Array, nll: jax.Array) -> jax.Array:
 
 def _uniform(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Array:
     """The smoothing part's class profile ``u``, broadcastable to ``z``."""
-    u = jnp.ones((), z.dtype) if t.class_weights is None else t.class_weights.astype(z.dtype)
+    if t.class_weights is None:
+        u = jnp.ones((), z.dtype)
+    else:
+        u = jnp.broadcast_to(t.class_weights.astype(z.dtype), z.shape)
     return u if where is None else jnp.where(where, u, 0.0)
 
 
@@ -429,7 +432,7 @@ def _probabilities_impl(
         u = 1.0 if where is None else where.astype(cd)
         y = (1 - eps) * y + (eps / _num_valid_classes(where, z))[..., None] * u
     if class_weights is not None:
-        y = y * class_weights.astype(cd)
+        y = y * jnp.broadcast_to(class_weights.astype(cd), y.shape)
     ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, Targets(dense=y))
     keep = jnp.ones(ce.shape, bool)
     weight = None if sample_weights is None else sample_weights.astype(cd)
