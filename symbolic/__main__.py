@@ -1,4 +1,7 @@
-"""``python -m symbolic`` / ``jaxsce-derive``: print the derivations; ``--check`` compares with jaxsce."""
+"""``python -m symbolic`` (``jaxsce-derive``): print the derivations; ``--check`` compares.
+
+``--check`` also evaluates every formula against jaxsce and JAX autodiff.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +14,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxsce-derive", description=__doc__)
     parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
     parser.add_argument("--output", "-o", help="write to this file instead of stdout")
-    parser.add_argument("--check", action="store_true",
-                        help="also compare every formula with jaxsce and JAX autodiff")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="also compare every formula with jaxsce and JAX autodiff",
+    )
     args = parser.parse_args(argv)
 
     from symbolic import _render
     from symbolic._all import derive_all
 
     derivations = derive_all()
-    render = {"text": _render.render_text, "markdown": _render.render_markdown,
-              "latex": _render.render_latex}[args.format]
+    render = {
+        "text": _render.render_text,
+        "markdown": _render.render_markdown,
+        "latex": _render.render_latex,
+    }[args.format]
     doc = render(derivations)
     ok = all(dv.ok for dv in derivations)
     if args.check:
@@ -34,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             f.write(doc)
     else:
         sys.stdout.write(doc)
-    print(("all proofs hold" if ok else "FAILED") + (" and all checks pass" if ok and args.check
-                                                    else ""), file=sys.stderr)
+    print(
+        ("all proofs hold" if ok else "FAILED")
+        + (" and all checks pass" if ok and args.check else ""),
+        file=sys.stderr,
+    )
     return 0 if ok else 1
 
 

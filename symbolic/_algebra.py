@@ -73,9 +73,7 @@ def sum_to_one(expr: sp.Expr, base: sp.IndexedBase = y) -> sp.Expr:
 def lse_form(expr: sp.Expr) -> sp.Expr:
     r"""Write :math:`\log \sum_m e^{z_m}` as ``lse`` and expand logarithms, keeping the logits."""
     expr = sp.expand_log(expr, force=True)
-    return expr.replace(
-        lambda x: isinstance(x, sp.log) and to_p(x.args[0]) == S, lambda x: lse
-    )
+    return expr.replace(lambda x: isinstance(x, sp.log) and to_p(x.args[0]) == S, lambda x: lse)
 
 
 def context(*free: sp.Symbol, upper: sp.Expr = n) -> sp.Boolean:
@@ -163,14 +161,16 @@ def evaluate(expr: sp.Expr, assumptions: sp.Boolean = sp.true, rounds: int = 8) 
     Returns:
       The expression with every collapsible sum collapsed.
     """
+
     def collapse(sum_: sp.Sum) -> sp.Expr:
         return _collapse(sum_, assumptions)
 
     for _ in range(rounds):
         new = expr.replace(lambda x: isinstance(x, sp.Sum), _split)
         new = new.replace(lambda x: isinstance(x, sp.Sum), collapse)
-        if any(isinstance(x, sp.Sum) and x.has(sp.KroneckerDelta)
-               for x in sp.preorder_traversal(new)) or new.has(sp.Derivative):
+        if any(
+            isinstance(x, sp.Sum) and x.has(sp.KroneckerDelta) for x in sp.preorder_traversal(new)
+        ) or new.has(sp.Derivative):
             try:  # sympy's own delta summation leaves Piecewise bounds that refine removes
                 new = sp.refine(new.doit(), assumptions)
             except (StopIteration, TypeError, ValueError):  # it can fail on nested sums

@@ -10,8 +10,18 @@ from symbolic._regression import regression
 from symbolic._sigmoid import sigmoid_derivations
 from symbolic._softmax import jacobian, shift_invariance
 
-DERIVATIONS = (jacobian, grad_p, gradient, logsumexp_form, hessian, sigmoid_derivations,
-               regression, shift_invariance, options, matrices)
+DERIVATIONS = (
+    jacobian,
+    grad_p,
+    gradient,
+    logsumexp_form,
+    hessian,
+    sigmoid_derivations,
+    regression,
+    shift_invariance,
+    options,
+    matrices,
+)
 
 
 def derive_all() -> list[Derivation]:

@@ -58,8 +58,10 @@ class _Compiled:
         body = expr.xreplace(dict(zip(leaves, self.placeholders, strict=True)))
         self.fn = sp.lambdify(self.placeholders, body, modules="jax")
         self.sums = {
-            leaf: _Compiled(sp.Sum(leaf.function, *leaf.limits[:-1]) if len(leaf.limits) > 1
-                            else leaf.function, order)
+            leaf: _Compiled(
+                sp.Sum(leaf.function, *leaf.limits[:-1]) if len(leaf.limits) > 1 else leaf.function,
+                order,
+            )
             for leaf in leaves
             if isinstance(leaf, sp.Sum)
         }
@@ -97,8 +99,9 @@ def _arange(index: sp.Symbol, order: Sequence[sp.Symbol], sizes: dict) -> jax.Ar
     return jnp.arange(sizes[index]).reshape(shape)
 
 
-def _place(array: jax.Array, indices: Sequence[sp.Symbol], order: Sequence[sp.Symbol],
-           sizes: dict) -> jax.Array:
+def _place(
+    array: jax.Array, indices: Sequence[sp.Symbol], order: Sequence[sp.Symbol], sizes: dict
+) -> jax.Array:
     """Move the index slots of ``array`` to their axes in ``order``; size 1 elsewhere."""
     array = jnp.asarray(array)
     rank = len(indices)
@@ -155,9 +158,14 @@ def jax_function(
         out = compiled(env, sizes)
         rank = len(order)
         bound = tuple(pos - rank for pos in range(len(free), rank))
-        out = out.reshape(out.shape[: out.ndim - rank] + tuple(
-            out.shape[out.ndim - rank + pos] for pos in range(len(free))
-        )) if bound else out
+        out = (
+            out.reshape(
+                out.shape[: out.ndim - rank]
+                + tuple(out.shape[out.ndim - rank + pos] for pos in range(len(free)))
+            )
+            if bound
+            else out
+        )
         batch = out.shape[: out.ndim - len(free)]
         return jnp.broadcast_to(out, batch + tuple(sizes[x] for x in free))
 

@@ -64,13 +64,23 @@ class Derivation:
     rejected: list[Proof] = dataclasses.field(default_factory=list)
     formulas: dict[str, Formula] = dataclasses.field(default_factory=dict)
 
-    def say(self, text: str, lhs: sp.Expr | None = None, rhs: sp.Expr | None = None,
-            proof: Proof | None = None) -> None:
+    def say(
+        self,
+        text: str,
+        lhs: sp.Expr | None = None,
+        rhs: sp.Expr | None = None,
+        proof: Proof | None = None,
+    ) -> None:
         """Append a step."""
         self.steps.append(Step(text, lhs, rhs, proof))
 
-    def formula(self, name: str, expr: sp.Expr, free: Sequence[sp.Symbol],
-                args: Sequence[sp.IndexedBase | sp.Symbol]) -> None:
+    def formula(
+        self,
+        name: str,
+        expr: sp.Expr,
+        free: Sequence[sp.Symbol],
+        args: Sequence[sp.IndexedBase | sp.Symbol],
+    ) -> None:
         """Record a proven closed form for the JAX bridge."""
         self.formulas[name] = Formula(name, expr, tuple(free), tuple(args))
 

@@ -20,15 +20,19 @@ def _check(raw: sp.Matrix, closed: sp.Matrix, zs, ps, ys, seed: int = 0) -> bool
     rng = random.Random(seed)
     q = [sp.Rational(rng.randint(1, 9), rng.randint(1, 9)) for _ in zs]
     yv = [sp.Rational(rng.randint(1, 9), rng.randint(1, 9)) for _ in ys]
-    at_z = {**{zk: sp.log(qk) for zk, qk in zip(zs, q, strict=True)}, **dict(zip(ys, yv,
-                                                                                 strict=True))}
-    at_p = {**{pk: qk / sum(q) for pk, qk in zip(ps, q, strict=True)}, **dict(zip(ys, yv,
-                                                                                  strict=True))}
+    at_z = {
+        **{zk: sp.log(qk) for zk, qk in zip(zs, q, strict=True)},
+        **dict(zip(ys, yv, strict=True)),
+    }
+    at_p = {
+        **{pk: qk / sum(q) for pk, qk in zip(ps, q, strict=True)},
+        **dict(zip(ys, yv, strict=True)),
+    }
     return (raw.xreplace(at_z).applyfunc(sp.simplify) - closed.xreplace(at_p)).is_zero_matrix
 
 
 def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
-    """Differentiate softmax and the loss for each fixed n; check exactly against the closed form."""
+    """Differentiate softmax and the loss for each fixed n; check exactly against closed forms."""
     out = Derivation("matrices", "Explicit Jacobian and Hessian for small n", "seed 000")
     for size in sizes:
         zs = sp.symbols(f"z_1:{size + 1}", real=True)
@@ -40,15 +44,31 @@ def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
         pv = sp.Matrix(ps)
         closed = sp.diag(*ps) - pv * pv.T
         ok = _check(jac, closed, zs, ps, ys)
-        out.say(f"n = {size}: J = diag(p) - p p^T", sp.Symbol("J"), closed,
-                Proof(f"n = {size} Jacobian", jac, closed, sp.S.Zero, ok, ok))
+        out.say(
+            f"n = {size}: J = diag(p) - p p^T",
+            sp.Symbol("J"),
+            closed,
+            Proof(f"n = {size} Jacobian", jac, closed, sp.S.Zero, ok, ok),
+        )
         loss = -sum(yk * (zk - sp.log(total)) for yk, zk in zip(ys, zs, strict=True))
         hess = sp.hessian(loss, zs)
         hclosed = sum(ys) * closed
         ok = _check(hess, hclosed, zs, ps, ys, seed=1)
-        out.say(f"n = {size}: H = sum(y) (diag(p) - p p^T)", sp.Symbol("H"), hclosed,
-                Proof(f"n = {size} Hessian", hess, hclosed, sp.S.Zero, ok, ok))
+        out.say(
+            f"n = {size}: H = sum(y) (diag(p) - p p^T)",
+            sp.Symbol("H"),
+            hclosed,
+            Proof(f"n = {size} Hessian", hess, hclosed, sp.S.Zero, ok, ok),
+        )
         if size == 3:
-            out.rejected.append(Proof("n = 3 Jacobian without -p p^T", jac, sp.diag(*ps),
-                                      sp.S.One, False, _check(jac, sp.diag(*ps), zs, ps, ys)))
+            out.rejected.append(
+                Proof(
+                    "n = 3 Jacobian without -p p^T",
+                    jac,
+                    sp.diag(*ps),
+                    sp.S.One,
+                    False,
+                    _check(jac, sp.diag(*ps), zs, ps, ys),
+                )
+            )
     return out

@@ -41,10 +41,12 @@ def regression() -> Derivation:
     dZ = A.evaluate(sp.diff(logit(b, c), theta[r, s]), ctx)
     out.say("The logits are linear in theta:", d(sp.IndexedBase("Z")[b, c], theta[r, s]), dZ)
 
-
     Zs = sp.IndexedBase("Z")
-    out.say("Chain rule through every logit Z_bc:", d(Ls, theta[r, s]),
-            sp.Sum(d(Ls, Zs[b, c]) * d(Zs[b, c], theta[r, s]), (c, 1, n), (b, 1, B)))
+    out.say(
+        "Chain rule through every logit Z_bc:",
+        d(Ls, theta[r, s]),
+        sp.Sum(d(Ls, Zs[b, c]) * d(Zs[b, c], theta[r, s]), (c, 1, n), (b, 1, B)),
+    )
     gZ = (P[b, c] * sp.Sum(Y[b, k], (k, 1, n)) - Y[b, c]) / B
     out.say("The per-example gradient (derived above) over B:", d(Ls, Zs[b, c]), gZ)
     chained = sp.Sum(gZ * dZ, (c, 1, n), (b, 1, B))
@@ -52,19 +54,27 @@ def regression() -> Derivation:
     out.say("The delta_cs keeps c = s:", d(Ls, theta[r, s]), collapsed)
     closed = sp.Sum(X[b, r] * (P[b, s] * sp.Sum(Y[b, k], (k, 1, n)) - Y[b, s]), (b, 1, B)) / B
     raw = sp.diff(L, theta[r, s])
-    proof = prove("dL/dtheta_rs = sum_b X_br (P_bs sum_c Y_bc - Y_bs) / B", raw, closed, ctx,
-                  to_p=to_P)
+    proof = prove(
+        "dL/dtheta_rs = sum_b X_br (P_bs sum_c Y_bc - Y_bs) / B", raw, closed, ctx, to_p=to_P
+    )
     out.say("sympy's direct derivative of L(theta) agrees:", d(Ls, theta[r, s]), closed, proof)
     simple = sp.Sum(X[b, r] * (P[b, s] - Y[b, s]), (b, 1, B)) / B
     ones = A.evaluate(closed, ctx).replace(
-        lambda x: isinstance(x, sp.Sum) and x.function == Y[b, x.limits[0][0]],
-        lambda x: sp.S.One)
-    sub = prove("dL/dtheta = X^T (P - Y) / B given rows of Y summing to 1", ones, simple, ctx,
-                to_p=to_P, check=False)
-    out.say("Rows of Y summing to one: the seed's X^T (P - Y) / B:", d(Ls, theta[r, s]), simple, sub)
+        lambda x: isinstance(x, sp.Sum) and x.function == Y[b, x.limits[0][0]], lambda x: sp.S.One
+    )
+    sub = prove(
+        "dL/dtheta = X^T (P - Y) / B given rows of Y summing to 1",
+        ones,
+        simple,
+        ctx,
+        to_p=to_P,
+        check=False,
+    )
+    out.say(
+        "Rows of Y summing to one: the seed's X^T (P - Y) / B:", d(Ls, theta[r, s]), simple, sub
+    )
     out.rejected += [
-        prove("dL/dtheta = X^T (P - Y) / B without rows summing to 1", raw, simple, ctx,
-              to_p=to_P),
+        prove("dL/dtheta = X^T (P - Y) / B without rows summing to 1", raw, simple, ctx, to_p=to_P),
         prove("dL/dtheta = X^T (P - Y) (no 1/B)", raw, closed * B, ctx, to_p=to_P),
     ]
     out.formula("regression_gradient", closed, (r, s), (X, P, Y, B))

@@ -31,8 +31,7 @@ class _Text(StrPrinter):
         return f"{num}{self._print(expr.expr)}/{den}"
 
     def _print_Symbol(self, expr):
-        return {"epsilon": "ε", "zeta": "ζ", "sigma": "σ", "theta": "θ"}.get(expr.name,
-                                                                          expr.name)
+        return {"epsilon": "ε", "zeta": "ζ", "sigma": "σ", "theta": "θ"}.get(expr.name, expr.name)
 
     def _print_exp(self, expr):
         return f"exp({self._print(expr.args[0])})"
@@ -94,18 +93,25 @@ def render_markdown(derivations: list[Derivation]) -> str:
 
 def render_latex(derivations: list[Derivation]) -> str:
     """A standalone LaTeX document."""
-    out = [r"\documentclass{article}", r"\usepackage{amsmath,amssymb}", r"\allowdisplaybreaks",
-           r"\begin{document}", r"\section*{Derivations of jaxsce, proven by sympy}"]
+    out = [
+        r"\documentclass{article}",
+        r"\usepackage{amsmath,amssymb}",
+        r"\allowdisplaybreaks",
+        r"\begin{document}",
+        r"\section*{Derivations of jaxsce, proven by sympy}",
+    ]
     for dv in derivations:
         out += [rf"\subsection*{{{dv.title}}}", rf"\emph{{As in {dv.seeds}.}}", ""]
         for step in dv.steps:
             if step.text:
-                out += [r"\noindent " + step.text.replace("_", r"\_").replace("^", r"\^{}")
-                        + r"\\"]
+                out += [r"\noindent " + step.text.replace("_", r"\_").replace("^", r"\^{}") + r"\\"]
             if step.rhs is not None:
                 out += [r"\begin{equation*}", _latex_step(step), r"\end{equation*}"]
             if step.proof is not None:
-                out += [rf"\noindent\textit{{{_mark(step.proof)[2:]}: "
-                        + step.proof.name.replace("_", r"\_").replace("^", r"\^{}") + r"}\\"]
+                out += [
+                    rf"\noindent\textit{{{_mark(step.proof)[2:]}: "
+                    + step.proof.name.replace("_", r"\_").replace("^", r"\^{}")
+                    + r"}\\"
+                ]
     out.append(r"\end{document}")
     return "\n".join(out) + "\n"

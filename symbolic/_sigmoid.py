@@ -42,28 +42,47 @@ def sigmoid_derivations() -> Derivation:
     raw = sp.diff(s, x)
     out.say("Differentiate 1/(1 + e^{-x}):", d(sp.Function("sigma")(x), x), raw)
     closed = sig * (1 - sig)
-    out.say("e^{-x}/(1+e^{-x}) = 1 - sigma:", d(sp.Function("sigma")(x), x), closed,
-            _prove_scalar("sigma' = sigma (1 - sigma)", raw, closed))
+    out.say(
+        "e^{-x}/(1+e^{-x}) = 1 - sigma:",
+        d(sp.Function("sigma")(x), x),
+        closed,
+        _prove_scalar("sigma' = sigma (1 - sigma)", raw, closed),
+    )
     L = -label * sp.log(s) - (1 - label) * sp.log(1 - s)
     Ls = sp.Symbol("L")
-    out.say("Binary cross-entropy of the target y:", Ls,
-            -label * sp.log(sig) - (1 - label) * sp.log(1 - sig))
+    out.say(
+        "Binary cross-entropy of the target y:",
+        Ls,
+        -label * sp.log(sig) - (1 - label) * sp.log(1 - sig),
+    )
     dL_dsig = sp.diff(-label * sp.log(sig) - (1 - label) * sp.log(1 - sig), sig)
     out.say("Its derivative in sigma:", d(Ls, sig), dL_dsig)
-    out.say("Chain rule, times sigma' = sigma (1 - sigma):", d(Ls, x),
-            sp.Mul(dL_dsig, closed, evaluate=False))
+    out.say(
+        "Chain rule, times sigma' = sigma (1 - sigma):",
+        d(Ls, x),
+        sp.Mul(dL_dsig, closed, evaluate=False),
+    )
     grad = sig - label
     terms = [sp.cancel(term * closed) for term in sp.Add.make_args(dL_dsig)]
     out.say("Multiply out:", d(Ls, x), sp.Add(*terms, evaluate=False))
-    out.say("The sigma y terms cancel:", d(Ls, x), sp.expand(sum(terms)),
-            _prove_scalar("dBCE/dx = sigma(x) - y", sp.diff(L, x), grad))
+    out.say(
+        "The sigma y terms cancel:",
+        d(Ls, x),
+        sp.expand(sum(terms)),
+        _prove_scalar("dBCE/dx = sigma(x) - y", sp.diff(L, x), grad),
+    )
     out.say("For any real y, not only y in {0, 1}.")
     z1, z2 = sp.symbols("z_1 z_2", real=True)
     two = sp.exp(z1) / (sp.exp(z1) + sp.exp(z2))
     res = sp.simplify(two - sigmoid(z1 - z2))
-    out.say("Softmax of two classes is the sigmoid of the difference:", two, sigmoid(z1 - z2),
-            Proof("softmax([z1, z2])_1 = sigma(z1 - z2)", two, sigmoid(z1 - z2), res, res == 0,
-                  res == 0))
+    out.say(
+        "Softmax of two classes is the sigmoid of the difference:",
+        two,
+        sigmoid(z1 - z2),
+        Proof(
+            "softmax([z1, z2])_1 = sigma(z1 - z2)", two, sigmoid(z1 - z2), res, res == 0, res == 0
+        ),
+    )
     out.rejected += [
         _prove_scalar("sigma' = sigma^2", raw, sig**2),
         _prove_scalar("dBCE/dx = y - sigma(x)", sp.diff(L, x), label - sig),

@@ -46,12 +46,20 @@ def jacobian() -> Derivation:
     out.say("Divide through by the denominator, e^{z_i}/sum = p_i:", d(p[i], z[j]), closed, proof)
     diag_raw = sp.diff(A.softmax(i), z[i])
     diag = p[i] * (1 - p[i])
-    out.say("Case i = j (delta_ii = 1):", d(p[i], z[i]), diag,
-            prove("dp_i/dz_i = p_i (1 - p_i)", diag_raw, diag, A.context(i)))
+    out.say(
+        "Case i = j (delta_ii = 1):",
+        d(p[i], z[i]),
+        diag,
+        prove("dp_i/dz_i = p_i (1 - p_i)", diag_raw, diag, A.context(i)),
+    )
     off_raw = raw.xreplace({A.delta(i, j): 0})
     off = -p[i] * p[j]
-    out.say("Case i != j (delta_ij = 0):", d(p[i], z[j]), off,
-            prove("dp_i/dz_j = -p_i p_j (i != j)", off_raw, off, ctx))
+    out.say(
+        "Case i != j (delta_ij = 0):",
+        d(p[i], z[j]),
+        off,
+        prove("dp_i/dz_j = -p_i p_j (i != j)", off_raw, off, ctx),
+    )
     out.say("As a matrix: J = diag(p) - p p^T, symmetric.")
     out.rejected += [
         prove("Jacobian without its -p p^T term", raw, p[i] * A.delta(i, j), ctx),
@@ -77,7 +85,8 @@ def shift_invariance() -> Derivation:
     proof = prove("softmax(z + C) = softmax(z)", shifted, p[i], A.context(i))
     out.say("So the shift changes nothing:", sp.Function("p")(z[i] + C), p[i], proof)
     out.say("With C = -max(z) every exponent is <= 0: no overflow (the stable softmax).")
-    out.rejected.append(prove("softmax(z + C) = e^C softmax(z)", shifted, sp.exp(C) * p[i],
-                              A.context(i)))
+    out.rejected.append(
+        prove("softmax(z + C) = e^C softmax(z)", shifted, sp.exp(C) * p[i], A.context(i))
+    )
     out.formula("softmax", p[i], (i,), (p,))
     return out

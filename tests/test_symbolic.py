@@ -55,8 +55,11 @@ def test_check_grads_fused(x64):
     # check_vjp's own random cotangents trip strict promotion inside jaxsce (see report).
     with jax.numpy_dtype_promotion("standard"):
         jax.test_util.check_grads(
-            lambda v: jaxsce.softmax_cross_entropy(v, y, fused=True).sum(), (z,), order=2,
-            modes=["rev"])
+            lambda v: jaxsce.softmax_cross_entropy(v, y, fused=True).sum(),
+            (z,),
+            order=2,
+            modes=["rev"],
+        )
 
 
 def test_import_jaxsce_does_not_import_sympy():
