@@ -87,8 +87,9 @@ def sigmoid_binary_cross_entropy(
 
     Examples:
       >>> import jax.numpy as jnp, jaxsce
-      >>> jaxsce.sigmoid_binary_cross_entropy(jnp.array([0.0, 20.0]), jnp.array([1.0, 1.0]))
-      Array([6.931472e-01, 2.061154e-09], dtype=float32)
+      >>> loss = jaxsce.sigmoid_binary_cross_entropy(jnp.array([0.0, 20.0]), jnp.array([1.0, 1.0]))
+      >>> print(f"{loss[0]:.4f} {loss[1]:.4e}")  # log 2, log1p(e^-20)
+      0.6931 2.0612e-09
     """
     fname = "sigmoid_binary_cross_entropy"
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
