@@ -92,6 +92,19 @@ def _dense_targets(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Arr
     return y
 
 
+def _target_total(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Array:
+    """``(...,)`` the sum over classes of the effective targets, ``sum(y)``."""
+    total = jnp.zeros(z.shape[:-1], z.dtype)
+    if t.labels is not None:
+        total = total + (1.0 if t.label_weight is None else t.label_weight.astype(z.dtype))
+    if t.dense is not None:
+        total = total + jnp.sum(t.dense.astype(z.dtype), axis=-1)
+    if t.smooth_weight is not None:
+        u = jnp.broadcast_to(_uniform(t, where, z), z.shape)
+        total = total + t.smooth_weight.astype(z.dtype) * jnp.sum(u, axis=-1)
+    return total
+
+
 def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
     """``(...,)`` True where a label lies outside ``[0, C)``."""
     if t.labels is None:
@@ -157,7 +170,7 @@ def _xent_bwd(res, g):
     rest, shift = rest[..., None], shift[..., None]
     e = exp_shifted(z, shift)  # p = e / (1 + rest); e = 1 on the largest logit
     y = _dense_targets(t, where, z)
-    k = g_ce * jnp.sum(y, axis=-1, keepdims=True) + g_lse
+    k = g_ce * _target_total(t, where, z)[..., None] + g_lse
     # g (p K - y) written as ((e K - g y) - g y rest) / (1 + rest): on a one-hot
     # target at the largest logit it is exactly -g rest / (1 + rest).
     dz = ((e * k - g_ce * y) - g_ce * y * rest) / (1 + rest)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jaxsce
+from jaxsce._logsumexp import max_and_rest
 from tests._references import lse_mp, ulp_error
 
 FUNCS = {
@@ -161,3 +162,51 @@ def test_bad_input():
         jaxsce.logsumexp(jnp.ones((2, 3)), where=jnp.ones((4,), bool))
     with pytest.raises(ValueError, match="out of range"):
         jaxsce.log_softmax(jnp.ones((2, 3)), axis=2)
+
+
+# -- the blocked sum (rows longer than one block) ------------------------------
+
+
+def _blocked_lse(z, block):
+    s = max_and_rest(z, block=block)
+    return jnp.where(s.empty, -jnp.inf, s.shift + jnp.log1p(s.rest))
+
+
+@pytest.mark.parametrize(
+    "case", ["random", "tie-in-block", "tie-across-blocks", "neg-inf-row", "masked", "nan"]
+)
+def test_blocked_rest_equals_one_block(x64, case):
+    z = 3 * jax.random.normal(jax.random.PRNGKey(3), (4, 13), jnp.float64)
+    if case == "tie-in-block":
+        z = z.at[:, 5].set(10.0).at[:, 6].set(10.0)
+    elif case == "tie-across-blocks":
+        z = z.at[:, 1].set(10.0).at[:, 12].set(10.0)
+    elif case == "neg-inf-row":
+        z = z.at[1].set(-jnp.inf).at[2, ::2].set(-jnp.inf)
+    elif case == "masked":
+        z = jnp.where(jnp.arange(13) % 3 == 0, -jnp.inf, z)
+    elif case == "nan":
+        z = z.at[0, 9].set(jnp.nan)
+    one, blocked = max_and_rest(z, block=64), max_and_rest(z, block=4)
+    np.testing.assert_allclose(blocked.rest, one.rest, rtol=1e-14)
+    np.testing.assert_array_equal(blocked.shift, one.shift)
+    np.testing.assert_array_equal(blocked.empty, one.empty)
+    if case == "nan":
+        assert np.isnan(blocked.rest[0]) and np.all(np.isfinite(blocked.rest[1:]))
+    for row in range(4):
+        if case in ("nan", "neg-inf-row") and row < 2:
+            continue
+        h = jax.hessian(lambda z: _blocked_lse(z, 4))(z[row])
+        h_ref = jax.hessian(jax.nn.logsumexp)(z[row])
+        np.testing.assert_allclose(h, h_ref, atol=1e-14)
+
+
+def test_blocked_path_through_the_public_functions():
+    # 2500 classes: three blocks of 1024, the last one partly outside the row.
+    z = 3 * jax.random.normal(jax.random.PRNGKey(4), (3, 2500))
+    z = z.at[0, 2400].set(30.0).at[1, 3].set(30.0).at[1, 2000].set(30.0)
+    np.testing.assert_allclose(jaxsce.softmax(z), jax.nn.softmax(z), rtol=2e-6, atol=1e-12)
+    np.testing.assert_allclose(jaxsce.logsumexp(z), jax.nn.logsumexp(z, axis=-1), rtol=1e-6)
+    g = jax.grad(lambda z: jnp.sum(jnp.sin(jaxsce.logsumexp(z))))(z)
+    g_ref = jax.grad(lambda z: jnp.sum(jnp.sin(jax.nn.logsumexp(z, axis=-1))))(z)
+    np.testing.assert_allclose(g, g_ref, rtol=2e-6, atol=1e-12)
