@@ -1,0 +1,1 @@
+"""Benchmarks of jaxsce against optax and PyTorch; run with ``python -m benchmarks``."""
