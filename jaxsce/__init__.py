@@ -8,9 +8,16 @@ from jaxsce._cross_entropy import softmax_cross_entropy as softmax_cross_entropy
 from jaxsce._cross_entropy import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
+from jaxsce._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxsce._logsumexp import log_softmax as log_softmax
 from jaxsce._logsumexp import logsumexp as logsumexp
 from jaxsce._logsumexp import softmax as softmax
 from jaxsce._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxsce._vocab_parallel import (
+    vocab_parallel_linear_softmax_cross_entropy as vocab_parallel_linear_softmax_cross_entropy,
+)
+from jaxsce._vocab_parallel import (
+    vocab_parallel_softmax_cross_entropy as vocab_parallel_softmax_cross_entropy,
+)
 
 __version__ = importlib.metadata.version("jaxsce")
