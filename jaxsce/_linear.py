@@ -561,6 +561,33 @@ def linear_softmax_cross_entropy(
       Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
       <https://arxiv.org/abs/2411.09009>`_, 2024.
     """
+    return checked_linear_loss(
+        hidden,
+        weight,
+        labels,
+        bias,
+        None,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        chunk_size,
+    )
+
+
+def checked_linear_loss(
+    hidden,
+    weight,
+    labels,
+    bias,
+    axis_name,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    chunk_size,
+):
+    """Checks the arguments, then runs the fused rule (on one device or a shard)."""
     hidden = jnp.asarray(hidden)
     weight = jnp.asarray(weight)
     labels = jnp.asarray(labels)
@@ -573,7 +600,7 @@ def linear_softmax_cross_entropy(
         bias,
         labels.reshape(-1),
         chunk_size,
-        None,
+        axis_name,
         ignore_index,
         float(label_smoothing),
         float(z_loss),

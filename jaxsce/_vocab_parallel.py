@@ -21,18 +21,17 @@ from jax import lax
 from jaxsce._linear import (
     DEFAULT_CHUNK_SIZE,
     _check_labels,
-    _check_linear_args,
     _check_options,
     _chunk_dlogits,
     _chunk_stats,
     _combine_shards,
     _example_losses,
-    _linear_ce,
     _local_labels,
     _mask_losses,
     _reduce,
     _row_scale,
     _row_values,
+    checked_linear_loss,
 )
 from jaxsce._logsumexp import compute_dtype
 
@@ -214,21 +213,15 @@ def vocab_parallel_linear_softmax_cross_entropy(
       >>> loss(jnp.ones((2, 3)), jnp.zeros((3, 4)), jnp.array([0, 3]))
       Array([1.3862944, 1.3862944], dtype=float32)
     """
-    hidden = jnp.asarray(hidden)
-    local_weight = jnp.asarray(local_weight)
-    labels = jnp.asarray(labels)
-    local_bias = None if local_bias is None else jnp.asarray(local_bias)
-    _check_linear_args(hidden, local_weight, labels, local_bias, chunk_size)
-    _check_options(reduction, label_smoothing, z_loss, ignore_index)
-    loss = _linear_ce(
-        hidden.reshape(-1, hidden.shape[-1]),
+    return checked_linear_loss(
+        hidden,
         local_weight,
+        labels,
         local_bias,
-        labels.reshape(-1),
-        chunk_size,
         axis_name,
         ignore_index,
-        float(label_smoothing),
-        float(z_loss),
-    ).reshape(labels.shape)
-    return _reduce(loss, labels, reduction, ignore_index)
+        reduction,
+        label_smoothing,
+        z_loss,
+        chunk_size,
+    )
