@@ -25,6 +25,7 @@ loses the tiny ``1 - p`` of a confident prediction.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import NamedTuple
 
@@ -259,6 +260,18 @@ def _check_logits(fname, logits):
             f"{fname}: `logits` must be a floating-point array, got dtype {logits.dtype}."
         )
     return logits
+
+
+def _class_axes(fname, logits, axis):
+    """The class axes, the batch shape and the number of classes (at least 1)."""
+    axes = normalize_axes(axis, logits.ndim)
+    batch_shape = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
+    num_classes = math.prod(logits.shape[a] for a in axes)
+    if num_classes == 0:
+        raise ValueError(
+            f"{fname}: `logits` of shape {logits.shape} have no classes on axis {axis}."
+        )
+    return axes, batch_shape, num_classes
 
 
 def _check_where(fname, where, logits):
@@ -570,19 +583,11 @@ def softmax_cross_entropy_with_integer_labels(
             f"{fname}: `labels` must be integer class indices, got dtype {labels.dtype};"
             " for probability targets use softmax_cross_entropy."
         )
-    axes = normalize_axes(axis, logits.ndim)
-    batch_shape = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
+    axes, batch_shape, num_classes = _class_axes(fname, logits, axis)
     if labels.shape != batch_shape:
         raise ValueError(
             f"{fname}: `labels` must have the shape of `logits` without axis {axis}:"
             f" logits {logits.shape} need labels {batch_shape}, got {labels.shape}."
-        )
-    num_classes = 1
-    for a in axes:
-        num_classes *= logits.shape[a]
-    if num_classes == 0:
-        raise ValueError(
-            f"{fname}: `logits` of shape {logits.shape} have no classes on axis {axis}."
         )
     _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_loss)
     if smoothing == "t5x" and class_weights is not None and label_smoothing:
@@ -684,15 +689,7 @@ def softmax_cross_entropy(
             f"{fname}: `labels` must have the shape of `logits`: logits {logits.shape},"
             f" labels {labels.shape}."
         )
-    axes = normalize_axes(axis, logits.ndim)
-    batch_shape = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
-    num_classes = 1
-    for a in axes:
-        num_classes *= logits.shape[a]
-    if num_classes == 0:
-        raise ValueError(
-            f"{fname}: `logits` of shape {logits.shape} have no classes on axis {axis}."
-        )
+    axes, batch_shape, num_classes = _class_axes(fname, logits, axis)
     _check_options(fname, reduction, normalizer, label_smoothing, "torch", z_loss)
     if class_weights is not None and len(axes) > 1:
         raise ValueError(f"{fname}: `class_weights` need a single class axis, got axis={axis}.")
