@@ -90,6 +90,7 @@ options = st.fixed_dictionaries(
         "smoothing": st.sampled_from(["torch", "t5x"]),
         "z_loss": st.sampled_from([0.0, 1e-2]),
         "axis": st.sampled_from([-1, 0]),
+        "dtype": st.sampled_from(["float64", "float32"]),
         "seed": st.integers(0, 2**16),
     }
 )
@@ -106,6 +107,7 @@ def _agree(opt):
     n, c = 5, 6
     key = jax.random.PRNGKey(opt["seed"])
     k1, k2, k3, k4 = jax.random.split(key, 4)
+    dtype = jnp.dtype(opt["dtype"])
     z = 3 * jax.random.normal(k1, (n, c), jnp.float64)
     where = None
     if opt["masked"]:
@@ -152,13 +154,17 @@ def _agree(opt):
     def reference(z):
         return jnp.sum(_textbook(z, labels, soft=soft, **ref_kw))
 
-    v_f, g_f = jax.value_and_grad(lambda z: ours(z, True))(z)
-    v_a, g_a = jax.value_and_grad(lambda z: ours(z, False))(z)
-    v_r, g_r = jax.value_and_grad(reference)(z)
-    np.testing.assert_allclose(v_f, v_r, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(v_a, v_r, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(g_f, g_r, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(g_a, g_r, rtol=1e-10, atol=1e-12)
+    # float32 runs take float32 logits; the reference stays float64.
+    zd = z.astype(dtype)
+    v_f, g_f = jax.value_and_grad(lambda z: ours(z, True))(zd)
+    v_a, g_a = jax.value_and_grad(lambda z: ours(z, False))(zd)
+    v_r, g_r = jax.value_and_grad(reference)(zd.astype(jnp.float64))
+    assert g_f.dtype == dtype and g_a.dtype == dtype
+    tol = {"float64": (1e-12, 1e-10), "float32": (2e-6, 2e-5)}[opt["dtype"]]
+    np.testing.assert_allclose(v_f, v_r, rtol=tol[0], atol=tol[0])
+    np.testing.assert_allclose(v_a, v_r, rtol=tol[0], atol=tol[0])
+    np.testing.assert_allclose(g_f, g_r, rtol=tol[1], atol=tol[0])
+    np.testing.assert_allclose(g_a, g_r, rtol=tol[1], atol=tol[0])
 
 
 def test_z_loss_gradient_and_aux_are_differentiable(x64):
