@@ -33,9 +33,11 @@ from jax import lax
 from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_rest
 
 # Default number of vocabulary columns per chunk. The temporaries of one step
-# are a few (N, chunk_size) float32 arrays (four, on XLA's CPU backend): at
-# N = 2048 that is 8 MiB each, 32 MiB in all, whatever V is.
-DEFAULT_CHUNK_SIZE = 1024
+# are a few (N, chunk_size) float32 arrays: at N = 2048, D = 1024 XLA's CPU
+# backend reports 40 MiB, whatever V is (32 MiB at 1024 columns, 64 MiB at
+# 4096), and 2048 columns ran fastest of the three (`python -m
+# benchmarks.large_vocab`).
+DEFAULT_CHUNK_SIZE = 2048
 
 _REDUCTIONS = ("none", "sum", "mean")
 
