@@ -132,7 +132,7 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
     if t.labels is not None:
         safe = jnp.clip(t.labels, 0, z.shape[-1] - 1)
         z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
-        a = 1.0 if t.label_weight is None else t.label_weight.astype(z.dtype)
+        a = jnp.ones((), z.dtype) if t.label_weight is None else t.label_weight.astype(z.dtype)
         ce = ce + _xmul(a, (s.shift - z_y) + log1p_rest)
         correct = z_y >= s.shift
     if t.dense is not None or t.smooth_weight is not None:
@@ -221,14 +221,14 @@ class CrossEntropyAux(NamedTuple):
       z_loss: ``(...,)`` per-example ``z_loss * lse^2`` (0 for ignored examples).
       correct: ``(...,)`` bool, the target's class has the largest logit (ties
         count as correct; for probability targets, the target's argmax class).
-      count: scalar, the number of examples counted (not ignored).
+      num_counted: scalar, the number of examples counted (not ignored).
       denominator: scalar, what ``reduction="mean"`` divides the sum by.
     """
 
     logsumexp: jax.Array
     z_loss: jax.Array
     correct: jax.Array
-    count: jax.Array
+    num_counted: jax.Array
     denominator: jax.Array
 
 
@@ -253,7 +253,7 @@ def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_l
         raise ValueError(f"{fname}: `z_loss` must be a number >= 0, got {z_loss!r}.")
 
 
-def _check_logits(fname, logits):
+def _check_logits(fname: str, logits: ArrayLike) -> jax.Array:
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(
@@ -274,7 +274,7 @@ def _class_axes(fname, logits, axis):
     return axes, batch_shape, num_classes
 
 
-def _check_where(fname, where, logits):
+def _check_where(fname: str, where: ArrayLike | None, logits: jax.Array) -> jax.Array | None:
     if where is None:
         return None
     where = jnp.asarray(where)

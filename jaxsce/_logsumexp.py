@@ -151,8 +151,8 @@ def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
     """``op`` over each run of ``block`` classes: ``(..., C) -> (..., ceil(C / block))``."""
     window = (1,) * (x.ndim - 1) + (block,)
     padding = ((0, 0),) * (x.ndim - 1) + ((0, -x.shape[-1] % block),)
-    init = np.asarray(init, x.dtype)[()]  # a constant, so JAX knows the monoid
-    return jax.lax.reduce_window(x, init, op, window, window, padding)
+    init_value = np.asarray(init, x.dtype)[()]  # a constant, so JAX knows the monoid
+    return jax.lax.reduce_window(x, init_value, op, window, window, padding)
 
 
 BLOCK = 1024
@@ -199,8 +199,8 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     return MaxAndRest(shift, rest, empty)
 
 
-def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
-    x = jnp.asarray(x)
+def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
+    x = jnp.asarray(x_in)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{fname}: `x` must be a floating-point array, got dtype {x.dtype}.")
     axes = normalize_axes(axis, x.ndim)
@@ -245,8 +245,8 @@ def logsumexp(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> 
       >>> float(jaxsce.logsumexp(jnp.array([0.0, 0.0])))  # log 2
       0.693...
     """
-    x, axes, z = _prepare(x, axis, where, "logsumexp")
-    return max_and_rest(z).logsumexp.astype(x.dtype)
+    arr, axes, z = _prepare(x, axis, where, "logsumexp")
+    return max_and_rest(z).logsumexp.astype(arr.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
@@ -272,10 +272,10 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
       >>> jaxsce.log_softmax(jnp.array([0.0, 0.0]))
       Array([-0.693..., -0.693...], dtype=float32)
     """
-    x, axes, z = _prepare(x, axis, where, "log_softmax")
+    arr, axes, z = _prepare(x, axis, where, "log_softmax")
     s = max_and_rest(z)
     out = (z - s.shift[..., None]) - jnp.log1p(s.rest)[..., None]
-    return classes_restore(out.astype(x.dtype), axes, x.shape)
+    return classes_restore(out.astype(arr.dtype), axes, arr.shape)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
@@ -300,7 +300,7 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
       >>> jaxsce.softmax(jnp.array([0.0, 0.0]))
       Array([0.5, 0.5], dtype=float32)
     """
-    x, axes, z = _prepare(x, axis, where, "softmax")
+    arr, axes, z = _prepare(x, axis, where, "softmax")
     s = max_and_rest(z)
     out = exp_shifted(z, s.shift[..., None]) / (1 + s.rest)[..., None]
-    return classes_restore(out.astype(x.dtype), axes, x.shape)
+    return classes_restore(out.astype(arr.dtype), axes, arr.shape)

@@ -189,7 +189,7 @@ def test_aux_outputs():
     y = jnp.array([0, 0, 1, -100])
     loss, aux = INT(z, y, ignore_index=-100, z_loss=1e-3, reduction="mean", return_aux=True)
     np.testing.assert_array_equal(aux.correct, [True, False, True, False])
-    assert aux.count == 3 and aux.denominator == 3
+    assert aux.num_counted == 3 and aux.denominator == 3
     np.testing.assert_allclose(aux.logsumexp, jax.nn.logsumexp(z, axis=-1), rtol=1e-6)
     np.testing.assert_allclose(
         aux.z_loss[:3], 1e-3 * jax.nn.logsumexp(z, axis=-1)[:3] ** 2, rtol=1e-6
