@@ -35,19 +35,9 @@ import numpy as np
 import optax
 
 from benchmarks import _accuracy, _libs, _speed, _timing
-from jaxsce._logsumexp import max_and_rest
+from jaxsce._logsumexp import exp_shifted, max_and_rest
 
 BLOCK = 1024
-
-
-def exp_shifted(z: jax.Array, m: jax.Array) -> jax.Array:
-    """``exp(z - m)`` with the subtraction's rounding error put back (TwoSum), select-free."""
-    zc = jnp.maximum(z, m - 200.0)
-    d = zc - m
-    z_part = d + m
-    r = (zc - z_part) + ((z_part - d) - m)
-    e = jnp.exp(d)
-    return e + e * r
 
 
 def forward_pieces(z: jax.Array) -> dict[str, jax.Array]:
