@@ -233,8 +233,11 @@ class CrossEntropyAux(NamedTuple):
 
 
 def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_loss):
+    """Raises ValueError naming a bad option and its value (shared by every loss)."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f"{fname}: `reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
+        raise ValueError(
+            f"{fname}: `reduction` must be one of {REDUCTIONS}, got reduction={reduction!r}."
+        )
     if normalizer is not None:
         if reduction != "mean":
             raise ValueError(
@@ -242,15 +245,16 @@ def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_l
                 f" got reduction={reduction!r}."
             )
         if isinstance(normalizer, numbers.Real) and not normalizer > 0:
-            raise ValueError(f"{fname}: `normalizer` must be > 0, got {normalizer!r}.")
+            raise ValueError(f"{fname}: `normalizer` must be > 0, got normalizer={normalizer!r}.")
     if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing <= 1:
         raise ValueError(
-            f"{fname}: `label_smoothing` must be a number in [0, 1], got {label_smoothing!r}."
+            f"{fname}: `label_smoothing` must be a number in [0, 1],"
+            f" got label_smoothing={label_smoothing!r}."
         )
     if smoothing not in SMOOTHINGS:
         raise ValueError(f"{fname}: `smoothing` must be one of {SMOOTHINGS}, got {smoothing!r}.")
-    if not isinstance(z_loss, numbers.Real) or not z_loss >= 0:
-        raise ValueError(f"{fname}: `z_loss` must be a number >= 0, got {z_loss!r}.")
+    if not isinstance(z_loss, numbers.Real) or not (math.isfinite(z_loss) and z_loss >= 0):
+        raise ValueError(f"{fname}: `z_loss` must be a finite number >= 0, got z_loss={z_loss!r}.")
 
 
 def _check_logits(fname: str, logits: ArrayLike) -> jax.Array:

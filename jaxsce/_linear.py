@@ -21,8 +21,6 @@ to the forward pass and one N x D all-reduce to the backward pass.
 """
 
 import functools
-import math
-import numbers
 from collections.abc import Hashable
 from typing import Any
 
@@ -30,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxsce._cross_entropy import _check_options as check_loss_options
 from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_rest
 
 # Default number of vocabulary columns per chunk. The temporaries of one step
@@ -38,8 +37,6 @@ from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_r
 # 4096), and 2048 columns ran fastest of the three (`python -m
 # benchmarks.large_vocab`).
 DEFAULT_CHUNK_SIZE = 2048
-
-_REDUCTIONS = ("none", "sum", "mean")
 
 
 # --------------------------------------------------------------------------
@@ -425,16 +422,9 @@ _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 # --------------------------------------------------------------------------
 
 
-def _check_options(reduction, label_smoothing, z_loss, ignore_index):
-    """Raises ValueError (TypeError for ``ignore_index``) naming a bad option."""
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got reduction={reduction!r}")
-    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(
-            f"label_smoothing must be in [0, 1], got label_smoothing={label_smoothing!r}"
-        )
-    if not isinstance(z_loss, numbers.Real) or not (math.isfinite(z_loss) and z_loss >= 0.0):
-        raise ValueError(f"z_loss must be a finite number >= 0, got z_loss={z_loss!r}")
+def _check_options(fname, reduction, label_smoothing, z_loss, ignore_index):
+    """Raises ValueError naming a bad option: the core loss's checks, plus ``ignore_index``."""
+    check_loss_options(fname, reduction, None, label_smoothing, "torch", z_loss)
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
     ):
@@ -564,6 +554,7 @@ def linear_softmax_cross_entropy(
       <https://arxiv.org/abs/2411.09009>`_, 2024.
     """
     return checked_linear_loss(
+        "linear_softmax_cross_entropy",
         hidden,
         weight,
         labels,
@@ -578,6 +569,7 @@ def linear_softmax_cross_entropy(
 
 
 def checked_linear_loss(
+    fname,
     hidden,
     weight,
     labels,
@@ -595,7 +587,7 @@ def checked_linear_loss(
     labels = jnp.asarray(labels)
     bias = None if bias is None else jnp.asarray(bias)
     _check_linear_args(hidden, weight, labels, bias, chunk_size)
-    _check_options(reduction, label_smoothing, z_loss, ignore_index)
+    _check_options(fname, reduction, label_smoothing, z_loss, ignore_index)
     loss = _linear_ce(
         hidden.reshape(-1, hidden.shape[-1]),
         weight,

@@ -146,7 +146,9 @@ def vocab_parallel_softmax_cross_entropy(
     if local_logits.ndim < 1:
         raise ValueError(f"local_logits must have a class axis, got shape {local_logits.shape}")
     _check_labels(labels, local_logits.shape[:-1], "local_logits")
-    _check_options(reduction, label_smoothing, z_loss, ignore_index)
+    _check_options(
+        "vocab_parallel_softmax_cross_entropy", reduction, label_smoothing, z_loss, ignore_index
+    )
     loss = _vp_ce(
         local_logits.reshape(-1, local_logits.shape[-1]),
         labels.reshape(-1),
@@ -214,6 +216,7 @@ def vocab_parallel_linear_softmax_cross_entropy(
       Array([1.3862944, 1.3862944], dtype=float32)
     """
     return checked_linear_loss(
+        "vocab_parallel_linear_softmax_cross_entropy",
         hidden,
         local_weight,
         labels,
