@@ -9,8 +9,15 @@ from symbolic._derivation import Derivation, Step
 from symbolic._prover import Proof
 
 
+_GREEK = {"epsilon": "ε", "zeta": "ζ", "sigma": "σ", "theta": "θ"}
+
+
 class _Text(StrPrinter):
     """One-line formulas as the seeds write them: p_i, δ_ij, Σ_k, ∂L/∂z_j."""
+
+    # sympy objects that print themselves (``Indexed._sympystr`` writes p[i])
+    # would bypass the methods below; this name no object defines.
+    printmethod = "_jaxsce_text"
 
     def _print_Indexed(self, expr):
         idx = "".join(self._print(x) for x in expr.indices)
@@ -31,7 +38,16 @@ class _Text(StrPrinter):
         return f"{num}{self._print(expr.expr)}/{den}"
 
     def _print_Symbol(self, expr):
-        return {"epsilon": "ε", "zeta": "ζ", "sigma": "σ", "theta": "θ"}.get(expr.name, expr.name)
+        return _GREEK.get(expr.name, expr.name)
+
+    def _print_Function(self, expr):
+        args = ", ".join(self._print(a) for a in expr.args)
+        return f"{_GREEK.get(expr.func.__name__, expr.func.__name__)}({args})"
+
+    def _print_MatrixBase(self, expr):
+        rows = [[self._print(x) for x in expr.row(r)] for r in range(expr.rows)]
+        width = max(len(cell) for row in rows for cell in row)
+        return "\n".join("[" + ", ".join(c.rjust(width) for c in row) + "]" for row in rows)
 
     def _print_exp(self, expr):
         return f"exp({self._print(expr.args[0])})"
@@ -56,7 +72,8 @@ def render_text(derivations: list[Derivation]) -> str:
                 lines.append(f"  {step.text}")
             if step.rhs is not None:
                 lhs = f"{text(step.lhs)} = " if step.lhs is not None else "  = "
-                lines.append(f"      {lhs}{text(step.rhs)}")
+                rhs = text(step.rhs).replace("\n", "\n" + " " * (6 + len(lhs)))
+                lines.append(f"      {lhs}{rhs}")
             if step.proof is not None:
                 lines.append(f"      [{_mark(step.proof)}: {step.proof.name}]")
         for proof in dv.rejected:

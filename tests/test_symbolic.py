@@ -1,5 +1,8 @@
 """Tests of symbolic/: proofs hold, wrong formulas are refuted, three legs agree."""
 
+import io
+import re
+
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -68,3 +71,46 @@ def test_import_jaxsce_does_not_import_sympy():
 
     code = "import sys, jaxsce; assert 'sympy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_text_uses_the_seeds_notation(derivations):
+    from symbolic import _render
+
+    doc = _render.render_text(derivations)
+    assert "∂p_i/∂z_j = (δ_ij - p_j)*p_i" in doc  # seed 001's Jacobian, as the seeds write it
+    assert re.search(r"[A-Za-z]\[[a-z0-9]", doc) is None  # no p[i] indexing anywhere
+    # An explicit matrix prints one bracketed row per line, its rows aligned.
+    lines = doc.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.lstrip().startswith("J = ["))
+    rows = lines[first : first + 2]
+    assert rows[0].index("[") == rows[1].index("[") and len(rows[0]) == len(rows[1])
+
+
+def test_latex_equations_parse(derivations):
+    """Every equation of the LaTeX (and Markdown) output goes through a TeX math parser.
+
+    matplotlib's mathtext parses a subset of TeX; it has no matrix environments, so
+    those equations are checked for balance only. The parser rejects a broken formula.
+    """
+    from matplotlib import mathtext
+
+    from symbolic import _render
+
+    def parses(formula):
+        try:
+            mathtext.math_to_image(f"${formula}$", io.BytesIO(), format="png")
+        except ValueError:
+            return False
+        return True
+
+    assert not parses(r"\frac{p_{i}}{")  # the check can fail
+    doc = _render.render_latex(derivations)
+    assert doc.count(r"\begin{") == doc.count(r"\end{")
+    equations = re.findall(r"\\begin\{equation\*\}\n(.*?)\n\\end\{equation\*\}", doc, re.S)
+    plain = [e for e in equations if r"\begin{matrix}" not in e]
+    assert len(plain) > 40
+    assert [e for e in plain if not parses(e)] == []
+    for e in equations:
+        assert e.count("{") == e.count("}") and e.count(r"\left") == e.count(r"\right")
+    markdown = _render.render_markdown(derivations)
+    assert re.findall(r"\$\$\n(.*?)\n\$\$", markdown, re.S) == equations
