@@ -8,9 +8,7 @@ and residuals, and accuracy in ulp against mpmath. Writes ``results.md``,
 
 import argparse
 import dataclasses
-import importlib
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import _accuracy, _libs, _report, _speed
+from benchmarks import _accuracy, _libs, _report, _speed, large_vocab
 
 FULL_SIZES = [
     (256, 1000),
@@ -60,32 +58,16 @@ def sizes_to_run(args: argparse.Namespace) -> list[tuple[int, int]]:
 def large_vocab_section(quick: bool) -> str | None:
     """Markdown of the fused linear cross-entropy benchmark, ``benchmarks.large_vocab``.
 
-    That module is written separately. If it has ``run(quick=...)`` returning
-    Markdown (or row dicts), that is called; otherwise the full mode runs
-    ``python -m benchmarks.large_vocab`` in a subprocess and the quick mode
-    takes the table it wrote last (``results/large_vocab.md``), if any.
+    The full mode runs it here (about 4 minutes); the quick mode takes the
+    table its last run wrote (``results/large_vocab.md``), if there is one.
     """
-    try:
-        module = importlib.import_module("benchmarks.large_vocab")
-    except ImportError:
-        return None
-    if callable(getattr(module, "run", None)):
-        result = module.run(quick=quick)
-        if isinstance(result, str):
-            return result
-        rows = [r if isinstance(r, dict) else dataclasses.asdict(r) for r in result]
-        header = list(rows[0]) if rows else []
-        return _report.table(header, [[row.get(k, "") for k in header] for row in rows])
-    note = "From its last run: `python -m benchmarks.large_vocab`."
     if not quick:
-        subprocess.run([sys.executable, "-m", "benchmarks.large_vocab"], check=True)
-        note = "Run by this command, in its own process."
-    path = Path(getattr(module, "RESULTS", DEFAULT_OUT / "large_vocab.md"))
+        return large_vocab.run()[1]
+    path = Path(large_vocab.RESULTS)
     if not path.exists():
         return None
-    lines = path.read_text().splitlines()
-    body = "\n".join(line for line in lines if not line.startswith("# ")).strip()
-    return f"{note}\n\n{body}"
+    body = "\n".join(line for line in path.read_text().splitlines() if not line.startswith("# "))
+    return "From its last run, not run by this command.\n\n" + body.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

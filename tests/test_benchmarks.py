@@ -58,3 +58,27 @@ def test_ulp_error_against_mpmath_detects_a_wrong_loss():
     rows = _accuracy.measure(margins, candidates={"good": good, "wrong": log_of_sum})
     assert max(rows[0].loss, rows[0].grad_label, rows[0].grad_other) < 8
     assert rows[1].loss > 1e3
+
+
+def test_large_vocab_benchmark_reports_ratios_and_floor(tmp_path, capsys):
+    from benchmarks import large_vocab
+
+    out = tmp_path / "large_vocab.md"
+    rows, text = large_vocab.run(
+        n=32,
+        d=8,
+        timed_vocabs=(96,),
+        memory_vocabs=(96, 192),
+        repeats=1,
+        chunk_sizes=(32, 64),
+        out=str(out),
+    )
+    assert [row.v for row in rows] == [96, 192]
+    timed, untimed = rows
+    assert set(timed.seconds) == {"fused", "unfused jaxsce", "unfused optax", "matmul"}
+    assert all(t > 0 for t in timed.seconds.values()) and untimed.seconds == {}
+    assert all(b >= 0 for row in rows for b in row.temp.values())
+    assert out.read_text().endswith(text + "\n")
+    assert "| 32 | 8 | 96 |" in text and "| 32 | 8 | 192 | - |" in text
+    assert "| chunk_size |" in text and "\n| 64 | " in text  # the chunk-size table
+    assert "4 x matmul / unfused" in capsys.readouterr().out
