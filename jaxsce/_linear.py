@@ -34,8 +34,9 @@ from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_r
 # Default number of vocabulary columns per chunk. The temporaries of one step
 # are a few (N, chunk_size) float32 arrays: at N = 2048, D = 1024 XLA's CPU
 # backend reports 40 MiB, whatever V is (32 MiB at 1024 columns, 64 MiB at
-# 4096), and 2048 columns ran fastest of the three (`python -m
-# benchmarks.large_vocab`).
+# 4096). 2048 is the widest of these under 64 MB; `python -m
+# benchmarks.large_vocab` times all three (within a few percent of each other,
+# wider chunks a little faster).
 DEFAULT_CHUNK_SIZE = 2048
 
 
