@@ -160,7 +160,7 @@ def markdown(rows: Sequence[Row], command: str, repeats: int) -> str:
         "",
         "| N | D | V | fused (s) | unfused jaxsce (s) | unfused optax (s) | one matmul (s) "
         "| fused / unfused jaxsce | per round | fused / unfused optax "
-        "| floor: 4 x matmul / unfused jaxsce "
+        "| 4 x matmul / unfused jaxsce "
         "| temp MiB fused | temp MiB unfused jaxsce | temp MiB unfused optax |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
