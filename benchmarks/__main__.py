@@ -58,7 +58,7 @@ def sizes_to_run(args: argparse.Namespace) -> list[tuple[int, int]]:
 def large_vocab_section(quick: bool) -> str | None:
     """Markdown of the fused linear cross-entropy benchmark, ``benchmarks.large_vocab``.
 
-    The full mode runs it here (about 4 minutes); the quick mode takes the
+    The full mode runs it here (several minutes); the quick mode takes the
     table its last run wrote (``results/large_vocab.md``), if there is one.
     """
     if not quick:

@@ -89,15 +89,19 @@ def _specs(n, d, v):
     )
 
 
+def _calls(steps, n, d, v):
+    """Zero-argument calls of each jitted step on the same random inputs of size (n, d, v)."""
+    hidden, weight, labels = _inputs(n, d, v)
+    return {name: functools.partial(step, hidden, weight, labels) for name, step in steps.items()}
+
+
 def measure(n: int, d: int, v: int, repeats: int | None) -> Row:
     """Temporary memory of every candidate; times too unless ``repeats`` is None."""
-    temp = {name: temp_bytes(_step(loss), *_specs(n, d, v)) for name, loss in LOSSES.items()}
+    steps = {name: _step(loss) for name, loss in LOSSES.items()}
+    temp = {name: temp_bytes(step, *_specs(n, d, v)) for name, step in steps.items()}
     if repeats is None:
         return Row(n, d, v, {}, temp, None)
-    hidden, weight, labels = _inputs(n, d, v)
-    jitted = {name: _step(loss) for name, loss in LOSSES.items()}
-    jitted["matmul"] = jax.jit(lambda h, w, y: h @ w)
-    calls = {name: (lambda f=f: f(hidden, weight, labels)) for name, f in jitted.items()}
+    calls = _calls(steps | {"matmul": jax.jit(lambda h, w, y: h @ w)}, n, d, v)
     for call in calls.values():  # compile and warm up
         jax.block_until_ready(call())
     # One interleaved round at a time, to report the spread of the ratio too.
@@ -111,17 +115,15 @@ def chunk_sweep(
     n: int, d: int, v: int, chunk_sizes: Sequence[int], repeats: int
 ) -> list[tuple[int, float, int]]:
     """(chunk size, fused / unfused jaxsce time ratio, fused temporary bytes) per chunk size."""
-    losses = {
-        c: functools.partial(linear_softmax_cross_entropy, reduction="mean", chunk_size=c)
+    fused_steps = {
+        c: _step(functools.partial(linear_softmax_cross_entropy, reduction="mean", chunk_size=c))
         for c in chunk_sizes
     }
-    hidden, weight, labels = _inputs(n, d, v)
-    jitted = {"unfused": _step(unfused_jaxsce)} | {c: _step(f) for c, f in losses.items()}
-    calls = {name: (lambda f=f: f(hidden, weight, labels)) for name, f in jitted.items()}
+    calls = _calls({"unfused": _step(unfused_jaxsce)} | fused_steps, n, d, v)
     seconds = interleaved_medians(calls, repeats=repeats, warmup=1)
     return [
-        (c, seconds[c] / seconds["unfused"], temp_bytes(_step(f), *_specs(n, d, v)))
-        for c, f in losses.items()
+        (c, seconds[c] / seconds["unfused"], temp_bytes(step, *_specs(n, d, v)))
+        for c, step in fused_steps.items()
     ]
 
 

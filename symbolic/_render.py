@@ -8,7 +8,6 @@ from sympy.printing.str import StrPrinter
 from symbolic._derivation import Derivation, Step
 from symbolic._prover import Proof
 
-
 _GREEK = {"epsilon": "ε", "zeta": "ζ", "sigma": "σ", "theta": "θ"}
 
 
