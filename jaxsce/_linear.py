@@ -240,9 +240,8 @@ def _chunk_dlogits(
         d = d + label_smoothing * (is_label.astype(z.dtype) - 1.0 / num_classes)
     d = d * row["scale"][:, None]
     if "lse_scale" in row:
-        # h p + u (y - p) = (h - u) p - u (p - y)
-        d = d + (row["lse_scale"] - row["logp_scale"])[:, None] * p
-        d = d - row["logp_scale"][:, None] * p_minus_y
+        # h p + u (y - p), with the accurate p - y
+        d = d + row["lse_scale"][:, None] * p - row["logp_scale"][:, None] * p_minus_y
     if valid is not None:
         d = jnp.where(valid[None, :], d, 0.0)
     return d
@@ -417,6 +416,26 @@ def _per_device(axis_name: Hashable | None) -> bool:
     """
     axes = _axes(axis_name)
     return bool(axes) and not set(axes) <= _vma(lax.axis_index(axis_name))
+
+
+def _check_bound_in_backward(axis_name: Hashable | None) -> None:
+    """Raises a clear error where the backward pass cannot see ``axis_name``.
+
+    JAX traces a custom rule's backward pass outside ``jax.vmap``: an axis
+    named by ``vmap(axis_name=...)`` is bound in the forward pass only.
+    """
+    if axis_name is None:
+        return
+    try:
+        for a in _axes(axis_name):
+            lax.axis_size(a)
+    except NameError:
+        raise ValueError(
+            f"jaxsce vocab-parallel loss: the gradient needs the axis {axis_name!r} in the"
+            " backward pass, which JAX does not bind for jax.vmap(axis_name=...) (it traces"
+            " a custom rule's backward pass outside the vmap). Values work under vmap; for"
+            " gradients shard the vocabulary with jax.shard_map instead."
+        ) from None
 
 
 def _varying(x: Any, axes: frozenset) -> Any:
@@ -604,6 +623,7 @@ def _linear_ce_fwd(hidden, weight, bias, labels, st, with_aux):
 
 def _linear_ce_bwd(st, with_aux, res, cts):
     hidden, weight, bias, labels, (m, rest, m_minus_zy, empty) = res
+    _check_bound_in_backward(st.axis_name)
     lay = _layout(hidden, weight, bias, labels, st)
     row = _row_values(jnp.where(empty, -jnp.inf, m), rest, m_minus_zy, lay.ignored, lay.bad)
     per_device = _per_device(st.axis_name)
@@ -716,6 +736,7 @@ def _linear_ce_total_fwd(hidden, weight, bias, labels, st):
 
 def _linear_ce_total_bwd(st, res, g):
     dh, dw, db, hidden, weight, bias = res
+    _check_bound_in_backward(st.axis_name)
     return _scale_precomputed(g, (dh, dw, db), (hidden, weight, bias), st.axis_name)
 
 
@@ -865,8 +886,8 @@ def _reduce(loss, labels, reduction, ignore_index):
 @functools.partial(jax.jit, static_argnames=("st", "reduction", "method", "return_aux"))
 def _fused_loss(hidden, weight, bias, labels, st, reduction, method, return_aux):
     """The checked call: flattens the batch, runs the chosen rule, reduces."""
-    h = hidden.reshape(-1, hidden.shape[-1])
-    y = labels.reshape(-1)
+    h = hidden.reshape(labels.size, hidden.shape[-1])
+    y = labels.reshape(labels.size)
     if _choose_method(method, reduction, return_aux, weight.shape) == "precompute":
         total = _linear_ce_total(h, weight, bias, y, st)
         return total if reduction == "sum" else _mean(total, y, st.ignore_index)

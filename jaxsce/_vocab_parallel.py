@@ -23,6 +23,7 @@ from jaxsce._linear import (
     DEFAULT_CHUNK_SIZE,
     LinearCrossEntropyAux,
     _aux_values,
+    _check_bound_in_backward,
     _check_labels,
     _check_options,
     _chunk_dlogits,
@@ -84,6 +85,7 @@ def _vp_ce_fwd(logits, labels, st, with_aux):
 
 def _vp_ce_bwd(st, with_aux, res, cts):
     logits, labels, (m, rest, m_minus_zy, empty) = res
+    _check_bound_in_backward(st.axis_name)
     z_raw = logits.astype(m.dtype)
     z = _softcap(z_raw, st.logit_softcap)
     lay = _layout(z[:, :0], z, None, labels, st)
@@ -109,7 +111,8 @@ _vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
 
 @functools.partial(jax.jit, static_argnames=("st", "reduction", "return_aux"))
 def _vp_loss(logits, labels, st, reduction, return_aux):
-    outs = _vp_ce(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), st, return_aux)
+    z = logits.reshape(labels.size, logits.shape[-1])
+    outs = _vp_ce(z, labels.reshape(labels.size), st, return_aux)
     loss = _reduce(outs[0].reshape(labels.shape), labels, reduction, st.ignore_index)
     if not return_aux:
         return loss
