@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from symbolic._cross_entropy import grad_p, gradient, hessian, logsumexp_form
 from symbolic._derivation import Derivation
+from symbolic._entropy import entropy
 from symbolic._matrices import matrices
+from symbolic._merge import online_merge, shards
+from symbolic._normaliser import fused_backward, normaliser
 from symbolic._options import options
 from symbolic._regression import regression
+from symbolic._scaling import scaling
 from symbolic._sigmoid import sigmoid_derivations
+from symbolic._softcap import softcap
 from symbolic._softmax import jacobian, shift_invariance
 
 DERIVATIONS = (
@@ -19,7 +24,15 @@ DERIVATIONS = (
     sigmoid_derivations,
     regression,
     shift_invariance,
+    entropy,
     options,
+    # What the library computes: its rearrangements of the identities above.
+    normaliser,
+    fused_backward,
+    online_merge,
+    shards,
+    softcap,
+    scaling,
     matrices,
 )
 

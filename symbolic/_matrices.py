@@ -33,7 +33,7 @@ def _check(raw: sp.Matrix, closed: sp.Matrix, zs, ps, ys, seed: int = 0) -> bool
 
 def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
     """Differentiate softmax and the loss for each fixed n; check exactly against closed forms."""
-    out = Derivation("matrices", "Explicit Jacobian and Hessian for small n", "seed 000")
+    out = Derivation("matrices", "Explicit Jacobian and Hessian for small n", ("000",))
     for size in sizes:
         zs = sp.symbols(f"z_1:{size + 1}", real=True)
         ps = sp.symbols(f"p_1:{size + 1}", positive=True)
