@@ -126,8 +126,7 @@ def logsumexp_form() -> Derivation:
     Ls = sp.Symbol("L")
     ce = loss_in_logits().xreplace({y[k]: A.delta(k, c)})
     out.say("One-hot target of the integer label c: y_k = delta_kc:", Ls, ce)
-    picked = A.evaluate(ce, A.context(c))
-    out.say("Only the term k = c is left:", Ls, picked)
+    out.say("Only the term k = c is left:", Ls, -sp.log(sp.exp(z[c]) / A.normaliser(k)))
     lse_form = -z[c] + sp.log(A.normaliser(k))
     proof = prove(
         "-log p_c = -z_c + log sum_k e^{z_k}", ce, -z[c] + A.lse, A.context(c), to_p=A.lse_form

@@ -47,7 +47,7 @@ def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
         out.say(
             f"n = {size}: J = diag(p) - p p^T",
             sp.Symbol("J"),
-            closed,
+            closed.applyfunc(sp.factor),
             Proof(f"n = {size} Jacobian", jac, closed, sp.S.Zero, ok, ok),
         )
         loss = -sum(yk * (zk - sp.log(total)) for yk, zk in zip(ys, zs, strict=True))
@@ -55,9 +55,9 @@ def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
         hclosed = sum(ys) * closed
         ok = _check(hess, hclosed, zs, ps, ys, seed=1)
         out.say(
-            f"n = {size}: H = sum(y) (diag(p) - p p^T)",
+            f"n = {size}: H = sum(y) (diag(p) - p p^T), the J above times",
             sp.Symbol("H"),
-            hclosed,
+            sp.Mul(sum(ys), sp.Symbol("J"), evaluate=False),
             Proof(f"n = {size} Hessian", hess, hclosed, sp.S.Zero, ok, ok),
         )
         if size == 3:

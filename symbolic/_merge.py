@@ -185,7 +185,7 @@ def online_merge() -> Derivation:
     )
     out.rejected += [
         prove_identity(
-            "merge r + r_c e^(m_c - m) (the other side's top 1 forgotten)",
+            "merge r + r_c e^{m_c - m} (the other side's top 1 forgotten)",
             sp.exp(mA) * (1 + rA + rB * sp.exp(mB - mA)),
             total,
             free,
@@ -244,7 +244,7 @@ def shards() -> Derivation:
             sp.Symbol("a_s") + sp.Symbol("b_s"),
             (1 + R[s]) * sp.exp(M[s] - m),
             prove_identity(
-                f"a_s + b_s = (1 + r_s) e^(m_s - m) when {label}",
+                f"a_s + b_s = (1 + r_s) e^{{m_s - m}} when {label}",
                 aa + bb,
                 ((1 + R[s]) * sp.exp(M[s] - m)).xreplace(at),
                 {s: 1},
@@ -255,7 +255,7 @@ def shards() -> Derivation:
         )
     rest_global = sp.Sum(sp.exp(-M[s]) * shard_sum * sp.exp(M[s] - m), (s, 1, S_n)) - 1
     out.say(
-        "So r = sum_s b_s + (sum_s a_s - 1) = sum_s (1 + r_s) e^(m_s - m) - 1, and",
+        "So r = sum_s b_s + (sum_s a_s - 1) = sum_s (1 + r_s) e^{m_s - m} - 1, and",
         m + log1p(sp.Symbol("r")),
         sp.log(total),
         prove_identity(
@@ -338,7 +338,7 @@ def shards() -> Derivation:
     out.rejected += [
         megatron,
         prove_identity(
-            "r = sum_s r_s e^(m_s - m) (the other shards' top 1s forgotten)",
+            "r = sum_s r_s e^{m_s - m} (the other shards' top 1s forgotten)",
             sp.exp(m)
             * (1 + sp.Sum((sp.exp(-M[s]) * shard_sum - 1) * sp.exp(M[s] - m), (s, 1, S_n))),
             total,

@@ -164,13 +164,16 @@ def prove(
     """
     derived = to_p(A.evaluate(raw, assumptions))
     residual = A.sift_deltas(A.evaluate(sp.expand(derived - claimed), assumptions))
-    if residual != 0:
+    exact, witness = check_at_points(raw, claimed) if check else (True, None)
+    # A residual that is not zero at a point is not identically zero: no need to simplify.
+    if residual != 0 and exact:
         try:
             residual = sp.simplify(residual)
         except (StopIteration, TypeError, ValueError):  # sympy's sum_combine can fail on Sums
             pass
     holds = residual == 0
-    exact, witness = check_at_points(raw, claimed) if check else (holds, None)
+    if not check:
+        exact = holds
     return Proof(name, derived, claimed, residual, holds, exact, witness)
 
 
@@ -265,10 +268,11 @@ def prove_identity(
     """
     diff = lhs - rhs
     residual = A.sift_deltas(A.evaluate(sp.expand(rewrite(A.evaluate(diff, assumptions)))))
-    if residual != 0:
+    exact, witness = at_random_points(name, diff.xreplace(defs or {}), free, sizes, logits)
+    # A residual that is not zero at a point is not identically zero: no need to simplify.
+    if residual != 0 and exact:
         try:
             residual = sp.simplify(residual)
         except (StopIteration, TypeError, ValueError):
             pass
-    exact, witness = at_random_points(name, diff.xreplace(defs or {}), free, sizes, logits)
     return Proof(name, lhs, rhs, residual, residual == 0, exact, witness)

@@ -80,7 +80,7 @@ def _sources(dv: Derivation, ascii_only: bool = False) -> list[str]:
         posts = "; ".join(cite(key, ascii_only) for key in dv.seeds)
         out.append(f"{dv.relation} {posts}.")
     if dv.implements:
-        out.append(f"Proves what {dv.implements} computes.")
+        out.append(f"Proves the algorithm of {dv.implements}.")
     return out
 
 
@@ -187,16 +187,34 @@ def _math_token(token: str) -> str:
     return re.sub(r"([_^])([A-Za-z0-9\\]+(?:\{[^{}]*\})?)", r"\1{\2}", joined)
 
 
-def latex_prose(words: str) -> str:
-    """Prose with the seeds' plain math notation as LaTeX: math tokens in ``$...$``."""
+# Python names (jaxsce._linear._combine_shards, logit_softcap) are code, not math.
+_CODE = re.compile(r"(?<![\w$])[A-Za-z][\w]*(?:\.[\w]+|_[A-Za-z]{4,}\w*|_\w+_\w+)[\w.]*")
+
+
+def _escape(plain: str) -> str:
+    return "".join(_ESCAPE.get(c, c) for c in plain)
+
+
+def _math_prose(words: str) -> str:
     out, last = [], 0
     for match in _TOKEN.finditer(words):
-        plain = words[last : match.start()]
-        out.append("".join(_ESCAPE.get(c, c) for c in plain))
+        out.append(_escape(words[last : match.start()]))
         out.append("$" + _math_token(match.group(0)) + "$")
         last = match.end()
-    out.append("".join(_ESCAPE.get(c, c) for c in words[last:]))
-    return "".join(out).replace("✓", "").replace("✗", "")
+    out.append(_escape(words[last:]))
+    return "".join(out)
+
+
+def latex_prose(words: str) -> str:
+    """Prose with the seeds' plain math notation as LaTeX: math tokens in ``$...$``."""
+    words = words.replace("✓", "").replace("✗", "")
+    out, last = [], 0
+    for match in _CODE.finditer(words):
+        out.append(_math_prose(words[last : match.start()]))
+        out.append(r"\texttt{" + _escape(match.group(0)) + "}")
+        last = match.end()
+    out.append(_math_prose(words[last:]))
+    return "".join(out)
 
 
 def render_markdown(derivations: list[Derivation]) -> str:

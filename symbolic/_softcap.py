@@ -77,7 +77,7 @@ def softcap() -> Derivation:
             logits=(),
         ),
     )
-    out.say("With z_j = c tanh(x_j/c) already computed, 1 - tanh^2(x_j/c) = 1 - (z_j/c)^2.")
+    out.say("With z_j = c tanh(x_j/c) already computed, 1 - tanh^2(x_j/c) = 1 - z_j^2/c^2.")
     out.rejected += [
         prove_identity(
             "dL/dx_j = dL/dz_j (1 - tanh^2(x_j)) (the 1/c inside tanh forgotten)",
