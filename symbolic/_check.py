@@ -273,7 +273,8 @@ def _library_legs(f, z, y, label) -> dict[str, tuple]:
     out["1 lse = m + log1p(r)"] = (lse, ref_lse, lse_lib)
     one_minus = f["one_minus_p_top"](r)
     lib_top = -jnp.sum(lib.fused_gradient(z, top, 0.0) * top, axis=-1)
-    out["1 1 - p_top = r / (1 + r)"] = (one_minus, 1 - jnp.sum(jax.nn.softmax(z) * top, -1), lib_top)
+    ref_top = 1 - jnp.sum(jax.nn.softmax(z) * top, -1)
+    out["1 1 - p_top = r / (1 + r)"] = (one_minus, ref_top, lib_top)
     # 2: the fused backward with the z-loss.
     zeta = 1e-3
     e = jnp.exp(z - m[:, None])
@@ -284,7 +285,8 @@ def _library_legs(f, z, y, label) -> dict[str, tuple]:
         lv = jax.nn.logsumexp(v, axis=-1)
         return jnp.sum(y * (lv[:, None] - v)) + zeta * jnp.sum(lv**2)
 
-    out["2 fused ((e K - y) - y r)/(1 + r)"] = (fused, jax.grad(plain)(z), lib.fused_gradient(z, y, zeta))
+    got = lib.fused_gradient(z, y, zeta)
+    out["2 fused ((e K - y) - y r)/(1 + r)"] = (fused, jax.grad(plain)(z), got)
     # 3: the merge of two chunks, split at every column; and an empty chunk.
     for a in range(1, n):
         mA, rA, _ = lib.normaliser(z[:, :a])
@@ -313,7 +315,8 @@ def _library_legs(f, z, y, label) -> dict[str, tuple]:
     )
     expected = jnp.stack([jnp.stack([m, r]), jnp.stack([m, r]), jnp.stack([minus_inf, zero])])
     same = jnp.where(empty == expected, 0.0, 1.0)  # -inf == -inf; NaN fails
-    out["3 merge with an empty (-inf, 0) chunk"] = (jnp.zeros_like(same), jnp.zeros_like(same), same)
+    nothing = jnp.zeros_like(same)
+    out["3 merge with an empty (-inf, 0) chunk"] = (nothing, nothing, same)
     # 4: shards, with label smoothing over the global vocabulary.
     eps = 0.1
     zy = jnp.take_along_axis(z, label[:, None], -1)[:, 0]

@@ -316,7 +316,7 @@ def shards() -> Derivation:
     )
     out.say(
         "The local-size variant depends on the shard and on S: "
-        + ("with one shard it is right, with two it is not." if one_shard else "wrong at S = 1 too.")
+        + ("with one shard it is right, with two it is not." if one_shard else "wrong at S = 1.")
     )
     out.formula(
         "shard_rest", sp.Sum((1 + R[s]) * sp.exp(M[s] - m), (s, 1, S_n)) - 1, (), (M, R, m)

@@ -56,14 +56,18 @@ def normaliser() -> Derivation:
         "Take the logarithm; the shift comes out of the sum:",
         sp.log(S),
         m + log1p(r_sym),
-        prove_identity("lse = m + log1p(r)", claim, sp.log(S), free, assumptions=ctx, rewrite=_logs),
+        prove_identity(
+            "lse = m + log1p(r)", claim, sp.log(S), free, assumptions=ctx, rewrite=_logs
+        ),
     )
     p_top = sp.exp(z[tau]) / S
     out.say(
         "The pivot's probability is 1/(1 + r), so its complement needs no subtraction:",
         1 - p[tau],
         r_sym / (1 + r_sym),
-        prove_identity("1 - p_tau = r / (1 + r)", 1 - p_top, rest() / (1 + rest()), free, assumptions=ctx),
+        prove_identity(
+            "1 - p_tau = r / (1 + r)", 1 - p_top, rest() / (1 + rest()), free, assumptions=ctx
+        ),
     )
     out.say(
         "For a confident prediction r is tiny: log1p(r) and r/(1 + r) keep it to full "
@@ -99,7 +103,7 @@ def fused_backward() -> Derivation:
     free = {j: 3, tau: 3}
     Ls = sp.Symbol("L")
     e_sym, K = sp.IndexedBase("e"), sp.Symbol("K")
-    out.say("The general loss of the options (derived below), y the effective target:", Ls, general(y[k]))
+    out.say("The general loss of the options, y the effective target:", Ls, general(y[k]))
     out.say("The shifted exponentials, 1 on the pivot:", e_sym[j], sp.exp(z[j] - m))
     out.say("With the z-loss folded into one factor:", K, A.sum_of(y) + 2 * zeta * lse)
     kk = A.sum_of(y) + 2 * zeta * lse
@@ -111,7 +115,12 @@ def fused_backward() -> Derivation:
         d(Ls, z[j]),
         ((e_sym[j] * K - y[j]) - y[j] * r_sym) / (1 + r_sym),
         prove_identity(
-            "dL/dz_j = ((e_j K - y_j) - y_j r) / (1 + r)", raw, fused, free, assumptions=ctx, defs=defs
+            "dL/dz_j = ((e_j K - y_j) - y_j r) / (1 + r)",
+            raw,
+            fused,
+            free,
+            assumptions=ctx,
+            defs=defs,
         ),
     )
     out.say(

@@ -36,7 +36,7 @@ def scaling() -> Derivation:
     L = sp.Sum(ell, (b, 1, B))
     out.say("The per-example losses of softmax(X theta), summed to a scalar:", Ls, L)
     grad = sp.Sum(X[b, r] * (P[b, s] * sp.Sum(Y[b, k], (k, 1, n)) - Y[b, s]), (b, 1, B))
-    out.say("The forward pass stores its gradient (the regression derivation):", sp.Symbol("G_rs"), grad)
+    out.say("The forward pass stores its gradient (as in the regression):", sp.Symbol("G_rs"), grad)
     raw = sp.diff(g * L, theta[r, s])
     out.say(
         "The backward pass of a scalar loss gets one cotangent g and returns g G:",
@@ -51,7 +51,13 @@ def scaling() -> Derivation:
         "each example's term by its own g_b:",
         d(sp.Sum(G[b] * sp.Symbol("l_b"), (b, 1, B)), theta[r, s]),
         right,
-        prove("vjp with per-example g_b = sum_b g_b X_br (P_bs sum(Y_b) - Y_bs)", per_example, right, ctx, to_p=to_P),
+        prove(
+            "vjp with per-example g_b = sum_b g_b X_br (P_bs sum(Y_b) - Y_bs)",
+            per_example,
+            right,
+            ctx,
+            to_p=to_P,
+        ),
     )
     out.say(
         "The stored G has already summed over b, so it cannot be rescaled into that sum: "

@@ -55,7 +55,11 @@ def cite(key: str, ascii_only: bool = False) -> str:
     seed = SEEDS[key]
     by = f"; {seed.byline}" if seed.byline else ""
     if ascii_only:
-        name = f"\u201c{seed.english}\u201d" + (" (in Chinese" + by + ")" if seed.english != seed.title else (f" ({seed.byline})" if seed.byline else ""))
+        name = f"\u201c{seed.english}\u201d"
+        if seed.english != seed.title:
+            name += f" (in Chinese{by})"
+        elif seed.byline:
+            name += f" ({seed.byline})"
     elif seed.english == seed.title:
         name = f"\u201c{seed.title}\u201d" + (f" ({seed.byline})" if seed.byline else "")
     else:

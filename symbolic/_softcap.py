@@ -27,7 +27,6 @@ def capped(index: sp.Expr) -> sp.Expr:
 
 def _capped_logit(arg: sp.Expr) -> tuple[tuple[sp.Expr, ...], sp.Expr] | None:
     """c tanh(x_k / c) -> ((), k): a capped logit of one example."""
-    coeff, rest = arg.as_coeff_mul()
     factors = sp.Mul.make_args(arg)
     tanhs = [f for f in factors if isinstance(f, sp.tanh)]
     if len(tanhs) == 1 and sp.Mul(*[f for f in factors if f is not tanhs[0]]) == c:
@@ -47,7 +46,7 @@ def softcap() -> Derivation:
     ctx = A.context(j)
     Ls = sp.Symbol("L")
     xs = sp.Symbol("x", real=True)
-    out.say("Soft-capping squashes each raw logit x into (-c, c):", sp.Symbol("z"), c * sp.tanh(xs / c))
+    out.say("Soft-capping squashes x into (-c, c):", sp.Symbol("z"), c * sp.tanh(xs / c))
     out.say(
         "Its derivative, by the chain rule through tanh:",
         d(sp.Symbol("z"), xs),
