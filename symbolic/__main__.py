@@ -19,12 +19,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also compare every formula with jaxsce and JAX autodiff",
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="derive everything again instead of reusing the proofs of an earlier run of "
+        "the same source (kept under ~/.cache/jaxsce-symbolic)",
+    )
     args = parser.parse_args(argv)
 
     from symbolic import _render
     from symbolic._all import derive_all
 
-    derivations = derive_all()
+    derivations = derive_all(cache=not args.fresh)
     render = {
         "text": _render.render_text,
         "markdown": _render.render_markdown,
