@@ -45,13 +45,18 @@ DERIVATIONS = (
 )
 
 
+def cache_dir() -> pathlib.Path:
+    """``$XDG_CACHE_HOME/jaxsce-symbolic`` (``~/.cache/jaxsce-symbolic`` by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(root) / "jaxsce-symbolic"
+
+
 def _cache_file() -> pathlib.Path:
     """Where the derivations of this exact source (and sympy version) are kept."""
     digest = hashlib.sha256(f"{sys.version}|{sp.__version__}".encode())
     for source in sorted(pathlib.Path(__file__).parent.glob("*.py")):
         digest.update(source.name.encode() + source.read_bytes())
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(root) / "jaxsce-symbolic" / f"{digest.hexdigest()[:32]}.pickle"
+    return cache_dir() / f"{digest.hexdigest()[:32]}.pickle"
 
 
 def derive_all(cache: bool = False) -> list[Derivation]:

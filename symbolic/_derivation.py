@@ -38,6 +38,12 @@ class Formula:
     free: tuple[sp.Symbol, ...]
     args: tuple[sp.IndexedBase | sp.Symbol, ...]
 
+    def __getstate__(self) -> dict:
+        """Pickle the sympy form only; the JAX function is rebuilt on first use."""
+        state = dict(self.__dict__)
+        state.pop("jax", None)
+        return state
+
     @functools.cached_property
     def jax(self) -> Callable:
         """The closed form as a jittable, vmappable JAX function of ``args``."""

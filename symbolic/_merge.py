@@ -153,7 +153,9 @@ def online_merge() -> Derivation:
         )
     out.say(
         "Both branches are exact for any values; taking the larger max keeps every exponent "
-        "<= 0, and the merged max is the max of the union."
+        "<= 0, and the merged max is the max of the union. By induction over the chunks "
+        "(each merge adds one more chunk's sum), a loop over any number of chunks ends with "
+        "the (m, r) of the whole row."
     )
     x = ((m_sym, r_sym), (mc_sym, rc_sym))
     out.say(

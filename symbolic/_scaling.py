@@ -61,7 +61,9 @@ def scaling() -> Derivation:
     )
     out.say(
         "The stored G has already summed over b, so it cannot be rescaled into that sum: "
-        "with per-example cotangents the gradient must be recomputed (or kept per example)."
+        "with per-example cotangents the gradient must be recomputed (or kept per example). "
+        "The gradient in the logits or the hidden states has one row per example and does "
+        "scale row by row, g_b times its row."
     )
     mean_g = sp.Sum(G[b], (b, 1, B)) / B
     out.rejected += [

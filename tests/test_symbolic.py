@@ -195,3 +195,26 @@ def test_latex_compiles(derivations, tmp_path):
     log = (tmp_path / "doc.log").read_text(errors="replace")
     widths = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide", log)]
     assert all(w < 25 for w in widths), widths  # the wide matrices are broken to fit
+
+
+def test_derivations_survive_the_cache(derivations, x64):
+    """``derive_all(cache=True)`` stores the derivations as a pickle: the round trip keeps
+    every proof and every formula usable."""
+    import pickle
+
+    again = pickle.loads(pickle.dumps(derivations))
+    assert [p.name for dv in again for p in dv.proofs] == [
+        p.name for dv in derivations for p in dv.proofs
+    ]
+    assert all(dv.ok for dv in again)
+    jac = {n: f for dv in again for n, f in dv.formulas.items()}["softmax_jacobian"].jax
+    np.testing.assert_allclose(jac(jnp.full(3, 1 / 3))[0, 0], 2 / 9, rtol=1e-14)
+
+
+def test_cache_key_follows_the_sources(tmp_path, monkeypatch):
+    from symbolic import _all
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = _all._cache_file()
+    assert path.parent == tmp_path / "jaxsce-symbolic"
+    assert path.name.endswith(".pickle") and len(path.stem) == 32
