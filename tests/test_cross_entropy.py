@@ -298,7 +298,7 @@ def test_neg_inf_logits():
 
 def test_label_on_a_masked_class_is_inf():
     z = _logits((2, 4))
-    where = jnp.array([True, True, False, True])
+    where = jnp.array([[True, True, False, True]])  # (1, C): a class mask
     loss = INT(z, jnp.array([2, 0]), where=where)
     assert loss[0] == np.inf and np.isfinite(loss[1])
     soft = SOFT(z, jax.nn.one_hot(jnp.array([2, 0]), 4), where=where)
