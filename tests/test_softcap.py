@@ -43,7 +43,7 @@ def _data(dtype, n=6, c=9, scale=40.0, seed=0):
 def test_integer_labels_match_autodiff_of_the_plain_formula(x64, fused):
     z, y, _ = _data(jnp.float64)
     y = jnp.where(y == 4, 3, y)  # no label on the masked class
-    where = jnp.arange(9) != 4
+    where = (jnp.arange(9) != 4)[None, :]  # a class mask (shape (1, C))
     ours = jax.value_and_grad(
         lambda z: INT(
             z, y, where=where, z_loss=1e-3, reduction="mean", logit_softcap=CAP, fused=fused
