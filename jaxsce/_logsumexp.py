@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -33,25 +34,63 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-Axis = int | Sequence[int]
+Axis = int | Sequence[int] | None
 
 
 # -- moving the class axes to the end ------------------------------------------
 
 
 def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
-    """Returns ``axis`` as a sorted tuple of non-negative ints, checking each."""
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    """Returns ``axis`` as a tuple of non-negative ints in the order given, checking each.
+
+    ``None`` means every axis (as ``jax.nn`` and optax); an int-like (``np.int64``)
+    or a sequence of them (tuple, list, array) names one axis or several. The
+    order is kept: with several class axes a flat label indexes them row-major
+    in that order, as in optax.
+    """
+    if axis is None:
+        return tuple(range(ndim))
+    axes: tuple[int, ...]
+    try:
+        axes = (operator.index(axis),)  # type: ignore[arg-type]
+    except TypeError:
+        try:
+            axes = tuple(operator.index(a) for a in axis)  # type: ignore[union-attr]
+        except TypeError:
+            raise TypeError(
+                f"`{name}` must be an int, a sequence of ints or None, got {name}={axis!r}."
+            ) from None
     if not axes:
-        raise ValueError(f"`{name}` must name at least one axis, got {axis!r}.")
+        raise ValueError(f"`{name}` must name at least one axis, got {name}={axis!r}.")
     out = []
     for a in axes:
-        if not isinstance(a, int) or not -ndim <= a < ndim:
-            raise ValueError(f"`{name}`={axis!r} is out of range for an array of rank {ndim}.")
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`{name}`={axis!r} is out of range for an array of rank {ndim}."
+            )
         out.append(a % ndim)
     if len(set(out)) != len(out):
         raise ValueError(f"`{name}`={axis!r} repeats an axis.")
-    return tuple(sorted(out))
+    return tuple(out)
+
+
+def static_axis(fn):
+    """``jax.jit`` with a static ``axis`` that may be any :data:`Axis` (a list too).
+
+    The axis is normalised (:func:`normalize_axes`) before the jitted call, so
+    ``[0, 1]``, ``(0, 1)`` and ``np.int64`` axes share one hashable static value.
+    """
+    jitted = jax.jit(fn, static_argnames=("axis",))
+
+    @functools.wraps(fn)
+    def wrapper(x, axis: Axis = -1, where=None):
+        try:
+            axes = normalize_axes(axis, np.ndim(x))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{fn.__name__}: {e}") from None
+        return jitted(x, axis=axes, where=where)
+
+    return wrapper
 
 
 def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -220,7 +259,7 @@ def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
     return x, axes, mask_logits(z, where)
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
+@static_axis
 def logsumexp(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""Log-sum-exp over the class axis.
 
@@ -246,10 +285,12 @@ def logsumexp(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> 
       0.693...
     """
     arr, axes, z = _prepare(x, axis, where, "logsumexp")
+    if z.shape[-1] == 0:  # no classes: the empty sum, as jax.nn.logsumexp
+        return jnp.full(z.shape[:-1], -jnp.inf, arr.dtype)
     return max_and_rest(z).logsumexp.astype(arr.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
+@static_axis
 def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""Log-softmax: ``z_i - lse(z)``, accurate for the largest entry too.
 
@@ -273,12 +314,14 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
       Array([-0.693..., -0.693...], dtype=float32)
     """
     arr, axes, z = _prepare(x, axis, where, "log_softmax")
+    if z.shape[-1] == 0:
+        return jnp.zeros(arr.shape, arr.dtype)  # nothing to normalise
     s = max_and_rest(z)
     out = (z - s.shift[..., None]) - jnp.log1p(s.rest)[..., None]
     return classes_restore(out.astype(arr.dtype), axes, arr.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
+@static_axis
 def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""Softmax: ``p_i = e^{z_i} / sum_k e^{z_k}``, shifted by the largest logit.
 
@@ -301,6 +344,8 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
       Array([0.5, 0.5], dtype=float32)
     """
     arr, axes, z = _prepare(x, axis, where, "softmax")
+    if z.shape[-1] == 0:
+        return jnp.zeros(arr.shape, arr.dtype)  # nothing to normalise
     s = max_and_rest(z)
     out = exp_shifted(z, s.shift[..., None]) / (1 + s.rest)[..., None]
     return classes_restore(out.astype(arr.dtype), axes, arr.shape)
