@@ -134,13 +134,18 @@ def online_merge() -> Derivation:
     )
     total = sp.Sum(sp.exp(z[k]), (k, 1, n))
     sizes, free = {n: 4, a: 2}, {}
+    sA, sB = sp.symbols("r_A r_B", real=True)
     for label, (m, r) in (
         ("B holds the larger max", (mB, rB + (1 + rA) * sp.exp(mA - mB))),
         ("A holds the larger max (or a tie)", (mA, rA + (1 + rB) * sp.exp(mB - mA))),
     ):
+        shown = 1 + (
+            sB + (1 + sA) * sp.exp(mA - mB) if m == mB else sA + (1 + sB) * sp.exp(mB - mA)
+        )
         out.say(
-            f"{label}: the merged pair stands for the sum over all n classes:",
-            sp.exp(m_sym) * (1 + r_sym),
+            f"{label}: the merged pair (m, r) = ({m}, {sp.sstr(shown - 1)}) stands for the "
+            "sum over all n classes:",
+            sp.exp(m) * shown,
             total,
             prove_identity(
                 f"merge correct for any split: {label}",
