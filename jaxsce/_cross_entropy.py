@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from jaxsce._checks import check_array_option, class_indices, labels_ignored
 from jaxsce._logsumexp import (
     Axis,
     classes_last,
@@ -62,9 +63,22 @@ class Targets(NamedTuple):
     class_weights: jax.Array | None = None
 
 
+def _target_nll(y: jax.Array, nll: jax.Array) -> jax.Array:
+    """``nll`` with ``+inf`` read as 0 where ``y == 0``: a class without target mass.
+
+    This is also ``dL/dy``: ``lse - z_c`` wherever it is finite (at ``y = 0``
+    too), and 0 on a masked or ``-inf`` class that carries no target mass.
+    """
+    return jnp.where((y == 0) & (nll == jnp.inf), 0.0, nll)
+
+
 def _xmul(y: jax.Array, nll: jax.Array) -> jax.Array:
-    """``y * nll`` with ``0 * inf = 0``: a class without target mass costs nothing."""
-    return jnp.where(y == 0, 0.0, y * nll)
+    """``y * nll`` with ``0 * inf = 0``: a class without target mass costs nothing.
+
+    Written as a product, so that its derivative in ``y`` at ``y = 0`` is the
+    finite ``nll`` (a guard ``where(y == 0, 0, y * nll)`` would make it 0).
+    """
+    return y * _target_nll(y, nll)
 
 
 def _uniform(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Array:
@@ -113,19 +127,30 @@ def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
     return (t.labels < 0) | (t.labels >= z.shape[-1])
 
 
-def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
+def _softcap(z: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma 2's logit soft-capping ``cap * tanh(z / cap)`` (identity for None)."""
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def _capped(z: jax.Array, where: jax.Array | None, cap: float | None) -> jax.Array:
+    """The logits the loss sees: upcast, soft-capped, masked entries ``-inf``."""
+    return mask_logits(_softcap(z.astype(compute_dtype(z.dtype)), cap), where)
+
+
+def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None = None):
     """The loss, its log-sum-exp and whether the target's class scores highest.
 
     Args:
       z: ``(..., C)`` logits (any float dtype; computed in at least float32).
       where: ``(..., C)`` boolean mask of valid classes, or None.
       t: the effective targets.
+      cap: soft-cap ``c`` (logits become ``c tanh(z / c)``), or None.
 
     Returns:
       ``(ce, lse, correct)``, each ``(...,)``. ``ce`` is NaN where a label lies
       outside ``[0, C)``.
     """
-    z = mask_logits(z.astype(compute_dtype(z.dtype)), where)
+    z = _capped(z, where, cap)
     s = max_and_rest(z)
     log1p_rest = jnp.log1p(s.rest)
     ce = jnp.zeros(z.shape[:-1], z.dtype)
@@ -151,22 +176,27 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
     return (ce, s.logsumexp, correct), (s, z)
 
 
-@jax.custom_vjp
-def _xent(z: jax.Array, where: jax.Array | None, t: Targets):
-    """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``."""
-    return _xent_values(z, where, t)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None = None):
+    """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``.
+
+    With a soft-cap the chain rule runs inside the same pass: the gradient
+    with respect to the raw logits is ``g (p sum(y) - y) (1 - tanh^2(z / c))``,
+    with ``tanh`` recomputed from the raw logits (no residual of size N x C).
+    """
+    return _xent_values(z, where, t, cap)[0]
 
 
-def _xent_fwd(z, where, t):
-    out, (s, _) = _xent_values(z, where, t)
+def _xent_fwd(z, where, t, cap):
+    out, (s, _) = _xent_values(z, where, t, cap)
     # Residuals: the inputs themselves and three numbers per example.
     return out, (z, where, t, s.shift, s.rest, s.empty)
 
 
-def _xent_bwd(res, g):
+def _xent_bwd(cap, res, g):
     z_in, where, t, shift, rest, empty = res
     g_ce, g_lse, _ = g  # `correct` is boolean: it has no cotangent.
-    z = mask_logits(z_in.astype(compute_dtype(z_in.dtype)), where)
+    z = _capped(z_in, where, cap)
     g_ce, g_lse = g_ce[..., None], g_lse[..., None]
     rest, shift = rest[..., None], shift[..., None]
     e = exp_shifted(z, shift)  # p = e / (1 + rest); e = 1 on the largest logit
@@ -179,13 +209,18 @@ def _xent_bwd(res, g):
     dz = jnp.where(_bad_labels(t, z)[..., None], jnp.nan, dz)
     if where is not None:
         dz = jnp.where(where, dz, 0.0)
+    if cap is not None:
+        tanh = jnp.tanh(z_in.astype(z.dtype) / cap)
+        dz = dz * (1 - tanh * tanh)
 
     # Cotangents of the float targets: dL/dy_c = lse - z_c.
     def nll():
         return (shift - z) + jnp.log1p(rest)
 
     dt = Targets(
-        dense=None if t.dense is None else (g_ce * nll()).astype(t.dense.dtype),
+        dense=None
+        if t.dense is None
+        else (g_ce * _target_nll(t.dense.astype(z.dtype), nll())).astype(t.dense.dtype),
         label_weight=None,
         smooth_weight=None,
         class_weights=None,
@@ -220,9 +255,12 @@ class CrossEntropyAux(NamedTuple):
       logsumexp: ``(...,)`` per-example ``lse(logits)`` (differentiable).
       z_loss: ``(...,)`` per-example ``z_loss * lse^2`` (0 for ignored examples).
       correct: ``(...,)`` bool, the target's class has the largest logit (ties
-        count as correct; for probability targets, the target's argmax class).
-      num_counted: scalar, the number of examples counted (not ignored).
-      denominator: scalar, what ``reduction="mean"`` divides the sum by.
+        count as correct; for probability targets, the argmax class of the
+        targets as given, before class weights and smoothing).
+      num_counted: scalar, the number of examples counted (not ignored, not
+        fully masked).
+      denominator: scalar, what ``reduction="mean"`` divides the sum by (the
+        ``normalizer`` when one is given).
     """
 
     logsumexp: jax.Array
@@ -233,11 +271,12 @@ class CrossEntropyAux(NamedTuple):
 
 
 def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_loss):
-    """Raises ValueError naming a bad option and its value (shared by every loss)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(
-            f"{fname}: `reduction` must be one of {REDUCTIONS}, got reduction={reduction!r}."
-        )
+    """Raises ValueError naming a bad option and its value (static options only).
+
+    The linear and vocab-parallel losses use this one; the softmax losses use
+    :func:`_numeric_option` so that their numeric options may be arrays.
+    """
+    _check_structure(fname, reduction, smoothing)
     if normalizer is not None:
         if reduction != "mean":
             raise ValueError(
@@ -251,10 +290,75 @@ def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_l
             f"{fname}: `label_smoothing` must be a number in [0, 1],"
             f" got label_smoothing={label_smoothing!r}."
         )
-    if smoothing not in SMOOTHINGS:
-        raise ValueError(f"{fname}: `smoothing` must be one of {SMOOTHINGS}, got {smoothing!r}.")
     if not isinstance(z_loss, numbers.Real) or not (math.isfinite(z_loss) and z_loss >= 0):
         raise ValueError(f"{fname}: `z_loss` must be a finite number >= 0, got z_loss={z_loss!r}.")
+
+
+def _check_softcap(fname: str, logit_softcap) -> float | None:
+    """``logit_softcap`` as a float, or None; raises ValueError unless it is > 0 and finite."""
+    if logit_softcap is None:
+        return None
+    ok = isinstance(logit_softcap, numbers.Real) and not isinstance(logit_softcap, bool)
+    if not ok or not (math.isfinite(float(logit_softcap)) and float(logit_softcap) > 0):
+        raise ValueError(
+            f"{fname}: `logit_softcap` must be None or a finite number > 0,"
+            f" got logit_softcap={logit_softcap!r}."
+        )
+    return float(logit_softcap)
+
+
+def _check_structure(fname, reduction, smoothing):
+    """The static options that choose the computation."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{fname}: `reduction` must be one of {REDUCTIONS}, got reduction={reduction!r}."
+        )
+    if not isinstance(smoothing, str) or smoothing not in SMOOTHINGS:
+        raise ValueError(f"{fname}: `smoothing` must be one of {SMOOTHINGS}, got {smoothing!r}.")
+
+
+# name -> (what a value must satisfy, elementwise; how the message says it)
+_NUMERIC = {
+    "label_smoothing": (lambda x: (x >= 0) & (x <= 1), "a number in [0, 1]"),
+    "z_loss": (lambda x: (x >= 0) & (x < math.inf), "a finite number >= 0"),
+    "normalizer": (lambda x: (x > 0) & (x < math.inf), "a finite number > 0"),
+    "class_weights": (lambda x: (x >= 0) & (x < math.inf), "finite and non-negative"),
+}
+
+
+def _numeric_option(fname: str, name: str, value):
+    """A scalar numeric option: ``(static, array, valid)``.
+
+    A Python (or NumPy) number is checked at once and returned as the static
+    float: the computation is specialised to it (0 adds no work). Anything
+    else is a scalar array, possibly traced: checked by
+    :func:`jaxsce._checks.check_array_option` and returned as ``array``;
+    ``valid`` is its traced predicate (None when checked already).
+    """
+    ok, expected = _NUMERIC[name]
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if not ok(float(value)):
+            raise ValueError(f"{fname}: `{name}` must be {expected}, got {name}={value!r}.")
+        return float(value), None, None
+    try:
+        array = jnp.asarray(value)
+    except TypeError:
+        raise TypeError(f"{fname}: `{name}` must be {expected}, got {name}={value!r}.") from None
+    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+        raise TypeError(
+            f"{fname}: `{name}` must be a real number or a scalar array, got dtype {array.dtype}."
+        )
+    if array.shape != ():
+        raise ValueError(
+            f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}."
+        )
+    return None, array, check_array_option(fname, name, array, ok, expected)
+
+
+def _all_valid(*valid) -> jax.Array | None:
+    """The conjunction of the traced checks that apply (None if there are none)."""
+    valid = tuple(v for v in valid if v is not None)
+    return None if not valid else functools.reduce(jnp.logical_and, valid)
 
 
 def _check_logits(fname: str, logits: ArrayLike) -> jax.Array:
@@ -268,7 +372,10 @@ def _check_logits(fname: str, logits: ArrayLike) -> jax.Array:
 
 def _class_axes(fname, logits, axis):
     """The class axes, the batch shape and the number of classes (at least 1)."""
-    axes = normalize_axes(axis, logits.ndim)
+    try:
+        axes = normalize_axes(axis, logits.ndim)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{fname}: {e}") from None
     batch_shape = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
     num_classes = math.prod(logits.shape[a] for a in axes)
     if num_classes == 0:
@@ -278,24 +385,41 @@ def _class_axes(fname, logits, axis):
     return axes, batch_shape, num_classes
 
 
-def _check_where(fname: str, where: ArrayLike | None, logits: jax.Array) -> jax.Array | None:
+def _check_where(fname, where, logits, axes) -> jax.Array | None:
+    """``where`` broadcast to the logits' shape.
+
+    As in optax, a mask of lower rank than ``logits`` is a per-example mask of
+    the batch shape: it is expanded over the class axes. A mask of the logits'
+    rank broadcasts as usual (``(1, C)`` is a class mask).
+    """
     if where is None:
         return None
     where = jnp.asarray(where)
     if where.dtype != jnp.bool_:
         raise TypeError(f"{fname}: `where` must be a boolean array, got dtype {where.dtype}.")
+    given = where.shape
+    if where.ndim != logits.ndim:
+        if where.ndim != logits.ndim - len(axes):
+            raise ValueError(
+                f"{fname}: `where` must have the rank of `logits` ({logits.ndim}), or the"
+                f" rank of the batch shape ({logits.ndim - len(axes)}) for a per-example mask"
+                f" (optax); got shape {given}."
+            )
+        where = jnp.expand_dims(where, tuple(sorted(axes)))
     try:
         return jnp.broadcast_to(where, logits.shape)
     except ValueError:
         raise ValueError(
-            f"{fname}: `where` of shape {where.shape} does not broadcast to `logits` of"
-            f" shape {logits.shape}."
+            f"{fname}: `where` of shape {given} does not broadcast to `logits` of"
+            f" shape {logits.shape} (a mask of lower rank is a per-example mask of the"
+            " batch shape, as in optax; for a class mask give shape (1, C))."
         ) from None
 
 
 def _check_class_weights(fname, class_weights, num_classes):
+    """``(class_weights, valid)``: the array and its traced check (see _numeric_option)."""
     if class_weights is None:
-        return None
+        return None, None
     class_weights = jnp.asarray(class_weights)
     if not jnp.issubdtype(class_weights.dtype, jnp.floating):
         raise TypeError(
@@ -307,15 +431,21 @@ def _check_class_weights(fname, class_weights, num_classes):
             f"{fname}: `class_weights` must have shape ({num_classes},) (one weight per"
             f" class), got shape {class_weights.shape}."
         )
-    if not isinstance(class_weights, jax.core.Tracer) and bool(jnp.any(class_weights < 0)):
-        raise ValueError(f"{fname}: `class_weights` must be non-negative, got {class_weights}.")
-    return class_weights
+    ok, expected = _NUMERIC["class_weights"]
+    return class_weights, check_array_option(fname, "class_weights", class_weights, ok, expected)
 
 
 def _check_sample_weights(fname, sample_weights, batch_shape):
     if sample_weights is None:
         return None
     sample_weights = jnp.asarray(sample_weights)
+    if not (
+        jnp.issubdtype(sample_weights.dtype, jnp.floating)
+        or jnp.issubdtype(sample_weights.dtype, jnp.integer)
+    ):
+        raise TypeError(
+            f"{fname}: `sample_weights` must be a real array, got dtype {sample_weights.dtype}."
+        )
     try:
         return jnp.broadcast_to(sample_weights, batch_shape)
     except ValueError:
@@ -323,6 +453,19 @@ def _check_sample_weights(fname, sample_weights, batch_shape):
             f"{fname}: `sample_weights` of shape {sample_weights.shape} does not broadcast"
             f" to the batch shape {batch_shape}."
         ) from None
+
+
+def _check_normalizer(fname, normalizer, reduction):
+    """``(array or None, valid)``: a scalar > 0, with ``reduction="mean"`` only."""
+    if normalizer is None:
+        return None, None
+    if reduction != "mean":
+        raise ValueError(
+            f"{fname}: `normalizer` replaces the denominator of reduction='mean';"
+            f" got reduction={reduction!r}."
+        )
+    static, array, valid = _numeric_option(fname, "normalizer", normalizer)
+    return (jnp.asarray(static) if array is None else array), valid
 
 
 def _num_valid_classes(where, z):
@@ -333,26 +476,44 @@ def _num_valid_classes(where, z):
 
 
 def _finish(
-    ce, lse, correct, keep, weight, denominator, normalizer, *, z_loss, reduction, return_aux
+    ce, lse, correct, keep, weight, denominator, normalizer, valid, *, z_loss, reduction,
+    return_aux,
 ):
-    """Adds the z-loss, drops ignored examples, weights and reduces."""
-    z_term = jnp.where(keep, z_loss * lse**2, 0.0) if z_loss else jnp.zeros_like(ce)
+    """Adds the z-loss, drops ignored examples, weights and reduces.
+
+    ``z_loss`` is a Python float (0 adds no work) or a scalar array; ``valid``
+    is the traced options' check (None: nothing to check), which turns the
+    loss into NaN where it fails.
+    """
+    if isinstance(z_loss, float) and z_loss == 0:
+        z_term = jnp.zeros_like(ce)
+    else:
+        z_term = jnp.where(keep, z_loss * lse**2, 0.0)
     loss = jnp.where(keep, ce + z_term, 0.0)
     if weight is not None:
-        loss = loss * weight
+        loss = _xmul(weight, loss)  # a weight of 0 zeroes an infinite loss too
+    if normalizer is not None:
+        denominator = normalizer.astype(ce.dtype)
     if reduction == "sum":
         loss = jnp.sum(loss)
     elif reduction == "mean":
         if normalizer is not None:
-            loss = jnp.sum(loss) / normalizer
+            loss = jnp.sum(loss) / denominator
         else:
             # Every example ignored: 0 with a zero gradient (PyTorch gives NaN).
             nonzero = denominator > 0
             loss = jnp.where(nonzero, jnp.sum(loss) / jnp.where(nonzero, denominator, 1.0), 0.0)
+    if valid is not None:
+        loss = jnp.where(valid, loss, jnp.nan)
     if not return_aux:
         return loss
     count = jnp.sum(keep.astype(ce.dtype))
     return loss, CrossEntropyAux(lse, z_term, correct & keep, count, denominator)
+
+
+def _has_class(where):
+    """``(...,)`` examples with at least one valid class (all if ``where`` is None)."""
+    return None if where is None else jnp.any(where, axis=-1)
 
 
 @functools.partial(
@@ -366,6 +527,7 @@ def _finish(
         "z_loss",
         "return_aux",
         "fused",
+        "logit_softcap",
     ),
 )
 def _integer_labels_impl(
@@ -375,6 +537,9 @@ def _integer_labels_impl(
     class_weights,
     sample_weights,
     normalizer,
+    eps_array,
+    zeta_array,
+    valid,
     *,
     axis,
     ignore_index,
@@ -384,19 +549,26 @@ def _integer_labels_impl(
     z_loss,
     return_aux,
     fused,
+    logit_softcap,
 ):
-    axes = normalize_axes(axis, logits.ndim)
-    z = classes_last(logits, axes)
-    where = None if where is None else classes_last(where, axes)
+    z = classes_last(logits, axis)
+    where = None if where is None else classes_last(where, axis)
     cd = compute_dtype(logits.dtype)
-    keep = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
-    labels = jnp.where(keep, labels, 0)
-    safe = jnp.clip(labels, 0, z.shape[-1] - 1)
+    num_classes = z.shape[-1]
+    keep = ~labels_ignored(labels, ignore_index)
+    if where is not None:
+        keep = keep & _has_class(where)  # a fully masked example counts for nothing
+    # Indices in int32 whatever the labels' dtype (uint8 with 256 classes does
+    # not wrap); an out-of-range label becomes -1, which the kernel turns to NaN.
+    labels = class_indices(labels, num_classes, keep)
+    safe = jnp.clip(labels, 0, num_classes - 1)
     w_y = 1.0 if class_weights is None else class_weights.astype(cd)[safe]
-    eps = label_smoothing
+    eps = label_smoothing if eps_array is None else eps_array.astype(cd)
+    zeta = z_loss if zeta_array is None else zeta_array.astype(cd)
     t = Targets(labels=labels, label_weight=jnp.broadcast_to(jnp.asarray(w_y, cd), labels.shape))
     entropy = 0.0
-    if eps:
+    smoothed = eps_array is not None or label_smoothing != 0
+    if smoothed:
         n = _num_valid_classes(where, z)
         if smoothing == "torch":
             # (1 - eps) on the label, eps / C spread over every valid class.
@@ -407,26 +579,34 @@ def _integer_labels_impl(
             )
         else:
             # T5X: 1 - eps on the label, eps / (C - 1) on each other valid class.
-            low = jnp.where(n > 1, eps / jnp.maximum(n - 1, 1), 0.0)
+            # With one valid class there is no other class: the target is 1.
+            eps = jnp.where(n > 1, eps, 0.0)
+            low = eps / jnp.maximum(n - 1, 1)
             t = t._replace(label_weight=(1 - eps) - low, smooth_weight=low)
             entropy = -(
                 jax.scipy.special.xlogy(1 - eps, 1 - eps)
                 + (n - 1) * jax.scipy.special.xlogy(low, low)
             )
-    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t)
-    ce = ce - entropy
-    weight = sample_weights
-    w = keep.astype(cd) * (1.0 if weight is None else weight.astype(cd))
+    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
+    if smoothing == "t5x" and smoothed:
+        ce = ce - entropy
+        # The label must be a possible class: +inf if it is masked or -inf, for
+        # every eps (at eps = 1 the split above would give inf - inf).
+        zc = _capped(z, where, logit_softcap)
+        z_y = jnp.take_along_axis(zc, safe[..., None], axis=-1)[..., 0]
+        ce = jnp.where((z_y == -jnp.inf) & ~jnp.isnan(lse) & (labels >= 0), jnp.inf, ce)
+    w = keep.astype(cd) * (1.0 if sample_weights is None else sample_weights.astype(cd))
     denominator = jnp.sum(w * (1.0 if class_weights is None else w_y))
     return _finish(
         ce,
         lse,
         correct,
         keep,
-        None if weight is None else weight.astype(cd),
+        None if sample_weights is None else sample_weights.astype(cd),
         denominator,
         normalizer,
-        z_loss=z_loss,
+        valid,
+        z_loss=zeta,
         reduction=reduction,
         return_aux=return_aux,
     )
@@ -434,7 +614,15 @@ def _integer_labels_impl(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("axis", "reduction", "label_smoothing", "z_loss", "return_aux", "fused"),
+    static_argnames=(
+        "axis",
+        "reduction",
+        "label_smoothing",
+        "z_loss",
+        "return_aux",
+        "fused",
+        "logit_softcap",
+    ),
 )
 def _probabilities_impl(
     logits,
@@ -443,6 +631,9 @@ def _probabilities_impl(
     class_weights,
     sample_weights,
     normalizer,
+    eps_array,
+    zeta_array,
+    valid,
     *,
     axis,
     reduction,
@@ -450,23 +641,32 @@ def _probabilities_impl(
     z_loss,
     return_aux,
     fused,
+    logit_softcap,
 ):
-    axes = normalize_axes(axis, logits.ndim)
-    z = classes_last(logits, axes)
-    where = None if where is None else classes_last(where, axes)
+    z = classes_last(logits, axis)
+    where = None if where is None else classes_last(where, axis)
     cd = compute_dtype(logits.dtype)
-    y = classes_last(labels, axes).astype(cd)
-    eps = label_smoothing
-    if eps:
+    given = classes_last(labels, axis)
+    y = given.astype(cd)
+    eps = label_smoothing if eps_array is None else eps_array.astype(cd)
+    zeta = z_loss if zeta_array is None else zeta_array.astype(cd)
+    if eps_array is not None or eps:
         # PyTorch: y <- (1 - eps) y + eps / C over the valid classes.
         u = 1.0 if where is None else where.astype(cd)
         y = (1 - eps) * y + (eps / _num_valid_classes(where, z))[..., None] * u
     if class_weights is not None:
         y = y * jnp.broadcast_to(class_weights.astype(cd), y.shape)
-    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, Targets(dense=y))
-    keep = jnp.ones(ce.shape, bool)
+    t = Targets(dense=y)
+    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
+    if return_aux and (class_weights is not None or eps_array is not None or eps):
+        # `correct` of the targets as given, not of the weighted or smoothed ones.
+        zm = mask_logits(z.astype(cd), where)
+        k = jnp.argmax(given, axis=-1)
+        z_k = jnp.take_along_axis(zm, k[..., None], axis=-1)[..., 0]
+        correct = (z_k >= jnp.max(zm, axis=-1)) & (z_k > -jnp.inf)
+    keep = jnp.ones(ce.shape, bool) if where is None else _has_class(where)
     weight = None if sample_weights is None else sample_weights.astype(cd)
-    denominator = jnp.sum(keep.astype(cd) if weight is None else weight)
+    denominator = jnp.sum(keep.astype(cd) if weight is None else jnp.where(keep, weight, 0.0))
     return _finish(
         ce,
         lse,
@@ -475,15 +675,16 @@ def _probabilities_impl(
         weight,
         denominator,
         normalizer,
-        z_loss=z_loss,
+        valid,
+        z_loss=zeta,
         reduction=reduction,
         return_aux=return_aux,
     )
 
 
-def _xent_values_only(z, where, t):
+def _xent_values_only(z, where, t, cap=None):
     """The plain formulation: the same values, differentiated by JAX itself."""
-    return _xent_values(z, where, t)[0]
+    return _xent_values(z, where, t, cap)[0]
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -497,11 +698,12 @@ def softmax_cross_entropy_with_integer_labels(
     sample_weights: ArrayLike | None = None,
     reduction: str = "none",
     normalizer: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: ArrayLike = 0.0,
     smoothing: str = "torch",
-    z_loss: float = 0.0,
+    z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
+    logit_softcap: float | None = None,
 ):
     r"""Softmax cross-entropy with class-index labels; a drop-in for optax's.
 
@@ -521,41 +723,66 @@ def softmax_cross_entropy_with_integer_labels(
     whose backward pass is that closed form. It has the dtype of ``logits``;
     the loss is computed and returned in at least float32 (bfloat16 and float16
     logits are upcast). ``fused=False`` selects the plain formulation, with the
-    same values, that JAX differentiates by itself: use it for forward mode
-    (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), which a custom_vjp does not
-    support. Reverse-over-reverse (``jax.grad`` of ``jax.grad``) works on both.
+    same values, that JAX differentiates by itself: use it for forward mode of
+    the loss itself (``jax.jvp``, ``jax.jacfwd``), which a custom_vjp does not
+    support. Second derivatives work on both: ``jax.hessian`` (forward mode
+    over the fused backward pass, which is plain JAX), Hessian-vector products
+    ``jax.jvp(jax.grad(f), ...)`` and ``jax.grad`` of ``jax.grad``.
+
+    Numeric options (``label_smoothing``, ``z_loss``, ``normalizer``,
+    ``class_weights``, ``sample_weights``) may be arrays, traced ones too (a
+    schedule inside a jitted step). A Python number is specialised on (0 adds
+    no work); an array is an argument of the compiled function. A concrete
+    value out of range raises ``ValueError`` at once; a traced one cannot, so
+    it is checked by ``jax.experimental.checkify`` (a ``debug_check``) and
+    makes the loss NaN.
 
     Args:
       logits: ``(..., C)`` floating-point logits (the class axis is ``axis``).
       labels: ``(...)`` integer class indices, the shape of ``logits`` without
-        ``axis``. With a tuple ``axis`` a label is a flat (row-major) index into
-        those axes, as in optax.
-      axis: the class axis or axes (static).
-      where: boolean mask broadcastable to ``logits``; False classes are left
-        out of the normaliser and of label smoothing's ``C``.
+        ``axis``, of any integer dtype (uint8 labels with 256 classes are
+        fine: indices are computed in int32). With several class axes a label
+        is a flat (row-major) index into those axes in the order given, as in
+        optax.
+      axis: the class axis or axes (static): an int, a sequence of ints, or
+        None for all axes.
+      where: boolean mask. Of the rank of ``logits`` (broadcast to it): False
+        classes are left out of the normaliser and of label smoothing's ``C``.
+        Of the rank of the batch shape: a per-example mask, as in optax. An
+        example with no valid class gives 0 loss and 0 gradient and is not
+        counted by ``"mean"``.
       class_weights: ``(C,)`` non-negative weights, PyTorch's ``weight``: the
         loss of an example is scaled by its label's weight (and the smoothing
         mass on class ``c`` by ``w_c``).
       ignore_index: a label value whose examples give 0 loss and 0 gradient
-        (for example -100, as in PyTorch). Default: none.
-      sample_weights: per-example weights, broadcast to the batch shape.
+        (for example -100, as in PyTorch). A value the labels' dtype cannot
+        hold (-100 for uint8) matches no label. Default: none.
+      sample_weights: per-example weights, broadcast to the batch shape. A
+        weight of 0 gives 0, even for an infinite loss.
       reduction: ``"none"`` (per-example losses, as optax), ``"sum"`` or
-        ``"mean"``. The mean divides the sum by the sum over examples not
-        ignored of ``sample_weight * class_weights[label]`` (both 1 when not
-        given): PyTorch's weighted mean. If that is 0 (every example ignored)
-        the mean is 0 with a zero gradient (PyTorch returns NaN).
-      normalizer: with ``reduction="mean"``, divide the sum by this instead (a
-        fixed token count makes gradient accumulation over micro-batches exact).
+        ``"mean"``. The mean divides the sum by the sum over examples counted
+        of ``sample_weight * class_weights[label]`` (both 1 when not given):
+        PyTorch's weighted mean. If that is 0 (every example ignored) the mean
+        is 0 with a zero gradient (PyTorch returns NaN).
+      normalizer: scalar > 0, with ``reduction="mean"``: divide the sum by this
+        instead (a fixed token count makes gradient accumulation over
+        micro-batches exact).
       label_smoothing: ``eps`` in [0, 1].
       smoothing: ``"torch"`` (default): target ``(1 - eps)`` on the label plus
         ``eps / C`` on every valid class. ``"t5x"``: ``1 - eps`` on the label,
         ``eps / (C - 1)`` on every other valid class, and the entropy of that
-        target subtracted so that a perfect prediction scores 0.
+        target subtracted so that a perfect prediction scores 0. With one
+        valid class the target is 1 on it (the loss is that of ``eps = 0``); a
+        label on a masked or ``-inf`` class gives ``+inf`` for every ``eps``.
       z_loss: coefficient ``zeta`` of the auxiliary ``zeta * lse(z)^2`` (PaLM,
         T5X). Its gradient flows through the fused rule.
       return_aux: also return a :class:`CrossEntropyAux` (per-example
         log-sum-exp, z-loss term, correctness, count, mean denominator).
       fused: False to use the plain formulation (see above).
+      logit_softcap: ``c > 0`` to soft-cap the logits first, ``z <- c tanh(z / c)``
+        (Gemma 2's ``final_logit_softcapping``); the fused gradient includes
+        the factor ``1 - tanh^2(z / c)``. Default None: no cap. A capped
+        ``-inf`` logit is ``-c``; mask classes with ``where`` instead.
 
     Returns:
       The loss: ``(...)`` per example for ``reduction="none"``, else a scalar;
@@ -563,9 +790,10 @@ def softmax_cross_entropy_with_integer_labels(
       ``[0, C)`` (and not ``ignore_index``) gives NaN for that example's loss
       and gradient row (see :func:`jaxsce.check_labels` for a raised error);
       a label on a masked or ``-inf`` class gives ``+inf``; ``-inf`` logits on
-      other classes give a finite loss and a zero gradient there; a row with no
-      valid class gives ``+inf`` and a zero gradient; NaN or ``+inf`` logits
-      give NaN. An empty batch gives an empty result (sum and mean: 0).
+      other classes give a finite loss and a zero gradient there; a row of
+      ``-inf`` logits gives ``+inf`` and a zero gradient; NaN or ``+inf``
+      logits give NaN (in an ignored example: loss 0, gradient row NaN). An
+      empty batch gives an empty result (sum and mean: 0).
 
     Examples:
       >>> import jax.numpy as jnp, jaxsce
@@ -593,26 +821,37 @@ def softmax_cross_entropy_with_integer_labels(
             f"{fname}: `labels` must have the shape of `logits` without axis {axis}:"
             f" logits {logits.shape} need labels {batch_shape}, got {labels.shape}."
         )
-    _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_loss)
-    if smoothing == "t5x" and class_weights is not None and label_smoothing:
-        raise ValueError(f"{fname}: `class_weights` are not defined for smoothing='t5x'.")
-    if ignore_index is not None and not isinstance(ignore_index, numbers.Integral):
+    _check_structure(fname, reduction, smoothing)
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
+    ):
         raise TypeError(f"{fname}: `ignore_index` must be an int or None, got {ignore_index!r}.")
+    logit_softcap = _check_softcap(fname, logit_softcap)
+    eps, eps_array, eps_valid = _numeric_option(fname, "label_smoothing", label_smoothing)
+    zeta, zeta_array, zeta_valid = _numeric_option(fname, "z_loss", z_loss)
+    normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
+    if smoothing == "t5x" and class_weights is not None and (eps_array is not None or eps):
+        raise ValueError(f"{fname}: `class_weights` are not defined for smoothing='t5x'.")
+    class_weights, cw_valid = _check_class_weights(fname, class_weights, num_classes)
     return _integer_labels_impl(
         logits,
         labels,
-        _check_where(fname, where, logits),
-        _check_class_weights(fname, class_weights, num_classes),
+        _check_where(fname, where, logits, axes),
+        class_weights,
         _check_sample_weights(fname, sample_weights, batch_shape),
         normalizer,
+        eps_array,
+        zeta_array,
+        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid),
         axis=axes,
         ignore_index=None if ignore_index is None else int(ignore_index),
         reduction=reduction,
-        label_smoothing=float(label_smoothing),
+        label_smoothing=eps,
         smoothing=smoothing,
-        z_loss=float(z_loss),
-        return_aux=return_aux,
-        fused=fused,
+        z_loss=zeta,
+        return_aux=bool(return_aux),
+        fused=bool(fused),
+        logit_softcap=logit_softcap,
     )
 
 
@@ -626,10 +865,11 @@ def softmax_cross_entropy(
     sample_weights: ArrayLike | None = None,
     reduction: str = "none",
     normalizer: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
+    logit_softcap: float | None = None,
 ):
     r"""Softmax cross-entropy with probability (soft) targets; a drop-in for optax's.
 
@@ -646,32 +886,39 @@ def softmax_cross_entropy(
     The gradient is ``p - y`` when the targets sum to 1 and ``p sum(y) - y``
     when they do not; it comes from the same ``jax.custom_vjp`` as
     :func:`softmax_cross_entropy_with_integer_labels` (see there for dtypes,
-    ``fused`` and forward mode).
+    ``fused``, forward mode and array options).
 
     Args:
       logits: ``(..., C)`` floating-point logits (the class axis is ``axis``).
       labels: floating-point targets of the shape of ``logits``.
-      axis: the class axis or axes (static).
-      where: boolean mask broadcastable to ``logits``; False classes are left
-        out of the normaliser. Target mass on a masked class makes the loss
-        ``+inf`` (optax silently drops it).
+      axis: the class axis or axes (static): an int, a sequence of ints, or
+        None for all axes.
+      where: boolean mask, of the rank of ``logits`` (False classes are left
+        out of the normaliser) or of the batch shape (a per-example mask, as
+        in optax). Target mass on a masked class makes the loss ``+inf``
+        (optax silently drops it). An example with no valid class gives 0 loss
+        and 0 gradient and is not counted by ``"mean"``.
       class_weights: ``(C,)`` non-negative weights: target ``y_c`` becomes
         ``w_c y_c`` (PyTorch).
       sample_weights: per-example weights, broadcast to the batch shape.
       reduction: ``"none"`` (default), ``"sum"`` or ``"mean"``; the mean divides
-        by the number of examples (or the sum of ``sample_weights``), as
-        PyTorch does for probability targets.
-      normalizer: with ``reduction="mean"``, divide the sum by this instead.
+        by the number of examples counted (or the sum of their
+        ``sample_weights``), as PyTorch does for probability targets.
+      normalizer: scalar > 0, with ``reduction="mean"``: divide the sum by this
+        instead.
       label_smoothing: ``eps`` in [0, 1]: ``y <- (1 - eps) y + eps / C`` over the
         valid classes (PyTorch).
       z_loss: coefficient ``zeta`` of ``zeta * lse(z)^2``.
       return_aux: also return a :class:`CrossEntropyAux`.
       fused: False to use the plain formulation that JAX differentiates.
+      logit_softcap: ``c > 0`` to soft-cap the logits first, ``z <- c tanh(z / c)``
+        (see :func:`softmax_cross_entropy_with_integer_labels`). Default None.
 
     Returns:
       The loss (``(...)`` per example, or a scalar when reduced), in at least
-      float32; with ``return_aux``, ``(loss, aux)``. Targets of 0 on ``-inf``
-      logits cost nothing; NaN or ``+inf`` logits give NaN.
+      float32; with ``return_aux``, ``(loss, aux)``. Targets of 0 on masked or
+      ``-inf`` logits cost nothing and get a zero gradient (in ``logits``,
+      ``labels`` and ``class_weights``); NaN or ``+inf`` logits give NaN.
 
     Examples:
       >>> import jax.numpy as jnp, jaxsce
@@ -694,20 +941,29 @@ def softmax_cross_entropy(
             f" labels {labels.shape}."
         )
     axes, batch_shape, num_classes = _class_axes(fname, logits, axis)
-    _check_options(fname, reduction, normalizer, label_smoothing, "torch", z_loss)
+    _check_structure(fname, reduction, "torch")
+    eps, eps_array, eps_valid = _numeric_option(fname, "label_smoothing", label_smoothing)
+    zeta, zeta_array, zeta_valid = _numeric_option(fname, "z_loss", z_loss)
+    normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
     if class_weights is not None and len(axes) > 1:
         raise ValueError(f"{fname}: `class_weights` need a single class axis, got axis={axis}.")
+    logit_softcap = _check_softcap(fname, logit_softcap)
+    class_weights, cw_valid = _check_class_weights(fname, class_weights, num_classes)
     return _probabilities_impl(
         logits,
         labels,
-        _check_where(fname, where, logits),
-        _check_class_weights(fname, class_weights, num_classes),
+        _check_where(fname, where, logits, axes),
+        class_weights,
         _check_sample_weights(fname, sample_weights, batch_shape),
         normalizer,
+        eps_array,
+        zeta_array,
+        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid),
         axis=axes,
         reduction=reduction,
-        label_smoothing=float(label_smoothing),
-        z_loss=float(z_loss),
-        return_aux=return_aux,
-        fused=fused,
+        label_smoothing=eps,
+        z_loss=zeta,
+        return_aux=bool(return_aux),
+        fused=bool(fused),
+        logit_softcap=logit_softcap,
     )

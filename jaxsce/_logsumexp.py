@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -33,25 +34,63 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-Axis = int | Sequence[int]
+Axis = int | Sequence[int] | None
 
 
 # -- moving the class axes to the end ------------------------------------------
 
 
 def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
-    """Returns ``axis`` as a sorted tuple of non-negative ints, checking each."""
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    """Returns ``axis`` as a tuple of non-negative ints in the order given, checking each.
+
+    ``None`` means every axis (as ``jax.nn`` and optax); an int-like (``np.int64``)
+    or a sequence of them (tuple, list, array) names one axis or several. The
+    order is kept: with several class axes a flat label indexes them row-major
+    in that order, as in optax.
+    """
+    if axis is None:
+        return tuple(range(ndim))
+    axes: tuple[int, ...]
+    try:
+        axes = (operator.index(axis),)  # type: ignore[arg-type]
+    except TypeError:
+        try:
+            axes = tuple(operator.index(a) for a in axis)  # type: ignore[union-attr]
+        except TypeError:
+            raise TypeError(
+                f"`{name}` must be an int, a sequence of ints or None, got {name}={axis!r}."
+            ) from None
     if not axes:
-        raise ValueError(f"`{name}` must name at least one axis, got {axis!r}.")
+        raise ValueError(f"`{name}` must name at least one axis, got {name}={axis!r}.")
     out = []
     for a in axes:
-        if not isinstance(a, int) or not -ndim <= a < ndim:
-            raise ValueError(f"`{name}`={axis!r} is out of range for an array of rank {ndim}.")
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`{name}`={axis!r} is out of range for an array of rank {ndim}."
+            )
         out.append(a % ndim)
     if len(set(out)) != len(out):
         raise ValueError(f"`{name}`={axis!r} repeats an axis.")
-    return tuple(sorted(out))
+    return tuple(out)
+
+
+def static_axis(fn):
+    """``jax.jit`` with a static ``axis`` that may be any :data:`Axis` (a list too).
+
+    The axis is normalised (:func:`normalize_axes`) before the jitted call, so
+    ``[0, 1]``, ``(0, 1)`` and ``np.int64`` axes share one hashable static value.
+    """
+    jitted = jax.jit(fn, static_argnames=("axis",))
+
+    @functools.wraps(fn)
+    def wrapper(x, axis: Axis = -1, where=None):
+        try:
+            axes = normalize_axes(axis, np.ndim(x))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{fn.__name__}: {e}") from None
+        return jitted(x, axis=axes, where=where)
+
+    return wrapper
 
 
 def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -114,37 +153,55 @@ def exp_shifted(z: jax.Array, shift: jax.Array) -> jax.Array:
 
     ``z - shift`` rounds to ``d`` with an absolute error up to half an ulp of
     ``d``; through ``exp`` that becomes a relative error of ``|d| eps / 2``
-    (about 25 ulp at ``d = -50``). Knuth's TwoSum recovers the exact error
-    ``r = (z - shift) - d``, and ``exp(d) (1 + r)`` is exact to first order.
-    ``r`` has derivative 0 (``stop_gradient`` says so), so the derivative is
-    that of ``exp(z - shift)``.
+    (about 25 ulp at ``d = -50``). The exact error ``r = (z - shift) - d``
+    comes from Dekker's Fast2Sum, which needs its larger operand first: with
+    ``z <= shift``, ``min(z, -shift)`` is the one of larger magnitude. Then
+    ``exp(d) (1 + r)`` is exact to first order. ``r`` has derivative 0
+    (``stop_gradient`` says so), so the derivative is that of ``exp(z - shift)``.
 
-    ``z`` is first clamped to ``shift - L``, where ``exp(-L)`` is already 0:
-    ``-inf`` entries then give 0 without a ``where``, which would slow down
-    XLA's CPU reductions over this.
+    Where ``z`` is ``-inf`` (or ``d`` overflows) ``exp(d)`` is 0; there the
+    Fast2Sum runs on ``max(d, -L)`` so that no ``inf - inf`` turns into NaN,
+    gives ``r = -inf``, which is clamped to ``-1`` and multiplied by 0. Nothing
+    is clamped relative to ``shift``, so this holds for every finite shift
+    (``shift - L`` would round back to ``shift`` past 2^31).
     """
-    z = jnp.maximum(z, shift - _underflow_distance(z.dtype))
     d = z - shift
-    # TwoSum(z, -shift): d + r == z - shift exactly.
-    z_part = d + shift
-    shift_part = z_part - d
-    r = jax.lax.stop_gradient((z - z_part) + (shift_part - shift))
+    big, small = jnp.minimum(z, -shift), jnp.maximum(z, -shift)  # |big| >= |small|
+    r = small - (jnp.maximum(d, -_underflow_distance(d.dtype)) - big)
+    r = jax.lax.stop_gradient(jnp.maximum(r, -1.0))
     e = jnp.exp(d)
     return e + e * r
 
 
-def _rest_of(z: jax.Array, m: jax.Array, shift: jax.Array, valid: jax.Array) -> jax.Array:
-    """``sum exp(z_k - m)`` over the ``valid`` entries but one largest, exactly.
+def _top(z: jax.Array, shift: jax.Array) -> jax.Array:
+    """1 where ``z`` equals ``shift`` (a largest entry), 0 below it.
 
-    Each largest entry contributes ``expm1(z - m)``: exactly 0 in value, with
-    the derivative of ``e^{z - m}``; all but one of the 1s come back as the
-    exact count of ties.
+    ``1 - ceil(min(shift - z, 1))``: arithmetic, no comparison or select, so
+    that XLA's CPU reductions fuse it with the sum that reads it. It reads
+    ``shift - z`` rather than the ``z - shift`` of :func:`exp_shifted`:
+    XLA writes out as an array whatever two fusions share.
     """
-    top = (z == m[..., None]) & valid
-    terms = jnp.where(top, jnp.expm1(z - shift[..., None]), exp_shifted(z, shift[..., None]))
-    terms = jnp.where(valid, terms, 0.0)
-    ties = jnp.sum(top, axis=-1).astype(z.dtype) - 1
-    return jnp.sum(terms, axis=-1) + jnp.maximum(ties, 0.0)
+    return 1.0 - jnp.ceil(jnp.minimum(shift[..., None] - z, 1.0))
+
+
+def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array) -> jax.Array:
+    """``sum exp(z_k - m)`` over every entry but one largest, exactly.
+
+    Each largest entry has ``e = exp(0) = 1`` exactly and enters the sum as
+    ``e - 1 = 0``, with the derivative of ``e^{z - m}``; every other entry
+    enters as itself. All but one of the 1s come back as the exact count of
+    ties. Masked entries are ``-inf``, with ``e = 0``.
+
+    The ties are counted from the logits as ``C + sum(floor(max(z - s, -1/2)))``
+    (each term -1 below the top, 0 on it), with a copy ``s`` of the shift
+    that differs from it in empty rows (where nothing counts) and other
+    constants: XLA writes out as an ``(..., C)`` array whatever two
+    reductions share, instead of fusing it into each.
+    """
+    others = jnp.sum(exp_shifted(z, shift[..., None]) - _top(z, shift), axis=-1)
+    below = jnp.floor(jnp.maximum(z - jnp.where(empty, 1.0, shift)[..., None], -0.5))
+    ties = (z.shape[-1] - 1) + jnp.sum(below, axis=-1)
+    return others + jnp.maximum(ties, 0.0)
 
 
 def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
@@ -161,11 +218,11 @@ BLOCK = 1024
 def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     """Splits the log-sum-exp of ``z`` over its last axis as ``m + log1p(rest)``.
 
-    Leaving the largest class out of the sum takes a comparison in the
-    reduction, which XLA's CPU reductions run several times slower than a
-    plain sum. So the row is cut into blocks of ``block`` classes: every block
-    but the one holding the largest class is summed plainly, and the exact
-    exclusion runs on that one block only.
+    A row of at most ``block`` classes takes one pass for the largest logit
+    and one for :func:`_rest_of` (its two sums fuse into one loop). A longer
+    row is cut into blocks of ``block`` classes: every block but the one
+    holding the largest class is summed plainly, and the exact exclusion,
+    which costs a few more operations per entry, runs on that one block only.
 
     Args:
       z: ``(..., C)`` logits with masked entries already set to ``-inf``, in the
@@ -186,7 +243,7 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     # that NaN comes out rather than a number that hides the overflow.
     shift = jnp.where(jnp.isfinite(m), m, jnp.where(empty, 0.0, jnp.nan))
     if num_classes <= block:
-        rest = _rest_of(z, m, shift, ~empty[..., None])
+        rest = _rest_of(z, shift, empty)
         return MaxAndRest(shift, rest, empty)
     k = jnp.argmax(block_max, axis=-1)  # the block holding the largest class
     block_sum = _block_reduce(exp_shifted(z, shift[..., None]), jax.lax.add, 0.0, block)
@@ -195,7 +252,7 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
     in_row = index < num_classes
     top_block = jnp.take_along_axis(z, jnp.minimum(index, num_classes - 1), axis=-1)
-    rest = others + _rest_of(top_block, m, shift, in_row & ~empty[..., None])
+    rest = others + _rest_of(jnp.where(in_row, top_block, -jnp.inf), shift, empty)
     return MaxAndRest(shift, rest, empty)
 
 
@@ -220,7 +277,7 @@ def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
     return x, axes, mask_logits(z, where)
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
+@static_axis
 def logsumexp(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""Log-sum-exp over the class axis.
 
@@ -246,10 +303,12 @@ def logsumexp(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> 
       0.693...
     """
     arr, axes, z = _prepare(x, axis, where, "logsumexp")
+    if z.shape[-1] == 0:  # no classes: the empty sum, as jax.nn.logsumexp
+        return jnp.full(z.shape[:-1], -jnp.inf, arr.dtype)
     return max_and_rest(z).logsumexp.astype(arr.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
+@static_axis
 def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""Log-softmax: ``z_i - lse(z)``, accurate for the largest entry too.
 
@@ -273,12 +332,14 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
       Array([-0.693..., -0.693...], dtype=float32)
     """
     arr, axes, z = _prepare(x, axis, where, "log_softmax")
+    if z.shape[-1] == 0:
+        return jnp.zeros(arr.shape, arr.dtype)  # nothing to normalise
     s = max_and_rest(z)
     out = (z - s.shift[..., None]) - jnp.log1p(s.rest)[..., None]
     return classes_restore(out.astype(arr.dtype), axes, arr.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
+@static_axis
 def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""Softmax: ``p_i = e^{z_i} / sum_k e^{z_k}``, shifted by the largest logit.
 
@@ -301,6 +362,8 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
       Array([0.5, 0.5], dtype=float32)
     """
     arr, axes, z = _prepare(x, axis, where, "softmax")
+    if z.shape[-1] == 0:
+        return jnp.zeros(arr.shape, arr.dtype)  # nothing to normalise
     s = max_and_rest(z)
     out = exp_shifted(z, s.shift[..., None]) / (1 + s.rest)[..., None]
     return classes_restore(out.astype(arr.dtype), axes, arr.shape)

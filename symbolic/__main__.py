@@ -19,12 +19,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also compare every formula with jaxsce and JAX autodiff",
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="derive and compile everything again instead of reusing the proofs and the "
+        "compiled checks of an earlier run of the same source (kept under "
+        "~/.cache/jaxsce-symbolic)",
+    )
     args = parser.parse_args(argv)
 
     from symbolic import _render
-    from symbolic._all import derive_all
+    from symbolic._all import cache_dir, derive_all
 
-    derivations = derive_all()
+    if args.check and not args.fresh:
+        # XLA's compiled checks are kept on disk too (JAX keys them by program and version).
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+    derivations = derive_all(cache=not args.fresh)
     render = {
         "text": _render.render_text,
         "markdown": _render.render_markdown,

@@ -24,6 +24,8 @@ d = sp.Symbol("d", integer=True, positive=True)  # number of features
 i, j, k, m, q = sp.symbols("i j k m q", integer=True, positive=True)
 a, b, c, r, s = sp.symbols("a b c r s", integer=True, positive=True)
 
+tau = sp.Symbol("tau", integer=True, positive=True)  # the class the library pivots on (the top)
+
 # Arrays.
 z = sp.IndexedBase("z", real=True)  # logits
 y = sp.IndexedBase("y", real=True)  # targets (any non-negative weights, sum(y) free)
@@ -35,6 +37,7 @@ X = sp.IndexedBase("X", real=True)  # features, (B, d)
 theta = sp.IndexedBase("theta", real=True)  # weights of the linear model, (d, n)
 Y = sp.IndexedBase("Y", real=True)  # targets of the batch, (B, n)
 P = sp.IndexedBase("P", positive=True)  # softmax(X theta), (B, n)
+G = sp.IndexedBase("g", real=True)  # per-example cotangents, (B,)
 
 # Scalars.
 S = sp.Symbol("S", positive=True)  # the normaliser sum_k exp(z_k), kept opaque
@@ -43,6 +46,8 @@ lse = sp.Symbol("lse", real=True)  # log sum_k exp(z_k)
 eps = sp.Symbol("epsilon", nonnegative=True)  # label smoothing
 zeta = sp.Symbol("zeta", nonnegative=True)  # z-loss coefficient
 const = sp.Symbol("C", real=True)  # the constant of the shift
+g = sp.Symbol("g", real=True)  # the cotangent of a scalar loss
+cap = sp.Symbol("c", positive=True)  # the soft-capping constant
 
 delta = sp.KroneckerDelta
 

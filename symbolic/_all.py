@@ -2,12 +2,25 @@ r"""Every derivation, in the order the script prints them."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pathlib
+import pickle
+import sys
+
+import sympy as sp
+
 from symbolic._cross_entropy import grad_p, gradient, hessian, logsumexp_form
 from symbolic._derivation import Derivation
+from symbolic._entropy import entropy
 from symbolic._matrices import matrices
+from symbolic._merge import online_merge, shards
+from symbolic._normaliser import fused_backward, normaliser
 from symbolic._options import options
 from symbolic._regression import regression
+from symbolic._scaling import scaling
 from symbolic._sigmoid import sigmoid_derivations
+from symbolic._softcap import softcap
 from symbolic._softmax import jacobian, shift_invariance
 
 DERIVATIONS = (
@@ -19,11 +32,55 @@ DERIVATIONS = (
     sigmoid_derivations,
     regression,
     shift_invariance,
+    entropy,
     options,
+    # What the library computes: its rearrangements of the identities above.
+    normaliser,
+    fused_backward,
+    online_merge,
+    shards,
+    softcap,
+    scaling,
     matrices,
 )
 
 
-def derive_all() -> list[Derivation]:
-    """Run every derivation (a few seconds); each carries its proofs and refuted claims."""
-    return [derive() for derive in DERIVATIONS]
+def cache_dir() -> pathlib.Path:
+    """``$XDG_CACHE_HOME/jaxsce-symbolic`` (``~/.cache/jaxsce-symbolic`` by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(root) / "jaxsce-symbolic"
+
+
+def _cache_file() -> pathlib.Path:
+    """Where the derivations of this exact source (and sympy version) are kept."""
+    digest = hashlib.sha256(f"{sys.version}|{sp.__version__}".encode())
+    for source in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return cache_dir() / f"{digest.hexdigest()[:32]}.pickle"
+
+
+def derive_all(cache: bool = False) -> list[Derivation]:
+    """Run every derivation (several seconds); each carries its proofs and refuted claims.
+
+    Args:
+      cache: reuse the derivations of an earlier run of the same source files (keyed by
+        their SHA-256, the Python and the sympy version), and store them after a fresh run.
+    """
+    path = _cache_file() if cache else None
+    if path is not None and path.exists():
+        try:
+            with path.open("rb") as f:
+                return pickle.load(f)
+        except Exception:  # a damaged or incompatible cache is re-derived
+            pass
+    out = [derive() for derive in DERIVATIONS]
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as f:
+                pickle.dump(out, f)
+            tmp.replace(path)
+        except OSError:  # a read-only home: no cache
+            pass
+    return out

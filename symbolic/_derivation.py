@@ -38,6 +38,12 @@ class Formula:
     free: tuple[sp.Symbol, ...]
     args: tuple[sp.IndexedBase | sp.Symbol, ...]
 
+    def __getstate__(self) -> dict:
+        """Pickle the sympy form only; the JAX function is rebuilt on first use."""
+        state = dict(self.__dict__)
+        state.pop("jax", None)
+        return state
+
     @functools.cached_property
     def jax(self) -> Callable:
         """The closed form as a jittable, vmappable JAX function of ``args``."""
@@ -51,7 +57,9 @@ class Derivation:
     Attributes:
       key: short identifier (``"jacobian"``, ``"gradient"``, ...).
       title: the heading.
-      seeds: which seed posts walk the same steps.
+      seeds: keys of the blog posts (:data:`symbolic._seeds.SEEDS`) it follows or extends.
+      relation: how it relates to them: ``"As in"`` or ``"Extends"``.
+      implements: the library function whose algorithm it proves, if any.
       steps: the derivation, step by step.
       rejected: wrong claims, each of which the prover must refute with a witness.
       formulas: the proven closed forms, ready for JAX.
@@ -59,7 +67,9 @@ class Derivation:
 
     key: str
     title: str
-    seeds: str
+    seeds: tuple[str, ...] = ()
+    relation: str = "As in"
+    implements: str = ""
     steps: list[Step] = dataclasses.field(default_factory=list)
     rejected: list[Proof] = dataclasses.field(default_factory=list)
     formulas: dict[str, Formula] = dataclasses.field(default_factory=dict)

@@ -33,7 +33,7 @@ def _check(raw: sp.Matrix, closed: sp.Matrix, zs, ps, ys, seed: int = 0) -> bool
 
 def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
     """Differentiate softmax and the loss for each fixed n; check exactly against closed forms."""
-    out = Derivation("matrices", "Explicit Jacobian and Hessian for small n", "seed 000")
+    out = Derivation("matrices", "Explicit Jacobian and Hessian for small n", ("000",))
     for size in sizes:
         zs = sp.symbols(f"z_1:{size + 1}", real=True)
         ps = sp.symbols(f"p_1:{size + 1}", positive=True)
@@ -47,7 +47,7 @@ def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
         out.say(
             f"n = {size}: J = diag(p) - p p^T",
             sp.Symbol("J"),
-            closed,
+            closed.applyfunc(sp.factor),
             Proof(f"n = {size} Jacobian", jac, closed, sp.S.Zero, ok, ok),
         )
         loss = -sum(yk * (zk - sp.log(total)) for yk, zk in zip(ys, zs, strict=True))
@@ -55,9 +55,9 @@ def matrices(sizes=(2, 3, 4, 5)) -> Derivation:
         hclosed = sum(ys) * closed
         ok = _check(hess, hclosed, zs, ps, ys, seed=1)
         out.say(
-            f"n = {size}: H = sum(y) (diag(p) - p p^T)",
+            f"n = {size}: H = sum(y) (diag(p) - p p^T), the J above times",
             sp.Symbol("H"),
-            hclosed,
+            sp.Mul(sum(ys), sp.Symbol("J"), evaluate=False),
             Proof(f"n = {size} Hessian", hess, hclosed, sp.S.Zero, ok, ok),
         )
         if size == 3:

@@ -40,7 +40,11 @@ def general_gradient(target: sp.Expr, index: sp.Symbol = k) -> sp.Expr:
 def options() -> Derivation:
     """Derive the gradient of the general loss and of each option as an instance of it."""
     out = Derivation(
-        "options", "Options: class weights, label smoothing, z-loss", "the library's fused backward"
+        "options",
+        "Options: class weights, label smoothing, z-loss",
+        ("004",),
+        "Extends",
+        "jaxsce.softmax_cross_entropy's options",
     )
     ctx = A.context(j) & A.context(label)
     Ls = sp.Symbol("L")

@@ -32,7 +32,7 @@ def regression() -> Derivation:
     r"""Derive :math:`\partial L / \partial \theta_{rs} = \frac1B \sum_b X_{br}
     (P_{bs} \sum_c Y_{bc} - Y_{bs})`, which is :math:`X^T (P - Y) / B` for rows summing to one.
     """
-    out = Derivation("regression", "Batched linear softmax regression", "seed 002")
+    out = Derivation("regression", "Batched linear softmax regression", ("002",))
     ctx = A.context(r, upper=A.d) & A.context(s)
     Ls = sp.Symbol("L")
     lse_b = sp.log(sp.Sum(sp.exp(logit(b, q)), (q, 1, n)))

@@ -36,7 +36,7 @@ def _prove_scalar(name: str, raw: sp.Expr, claimed: sp.Expr) -> Proof:
 
 def sigmoid_derivations() -> Derivation:
     r"""Derive :math:`\sigma' = \sigma(1-\sigma)`, the BCE gradient and softmax of two classes."""
-    out = Derivation("sigmoid", "Sigmoid and binary cross-entropy", "seed 001")
+    out = Derivation("sigmoid", "Sigmoid and binary cross-entropy", ("001",))
     s = sigmoid()
     out.say("The sigmoid:", sp.Function("sigma")(x), s)
     raw = sp.diff(s, x)

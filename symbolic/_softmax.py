@@ -22,7 +22,7 @@ def jacobian() -> Derivation:
     Returns:
       The derivation, its proofs (general form and the two cases) and its rejected claims.
     """
-    out = Derivation("jacobian", "Softmax Jacobian", "seeds 000, 001, 003, 004")
+    out = Derivation("jacobian", "Softmax Jacobian", ("000", "001", "003", "004"))
     ctx = A.context(i, j)
     num, den = sp.exp(z[i]), A.normaliser()
     d = sp.Derivative
@@ -75,7 +75,7 @@ def shift_invariance() -> Derivation:
     Returns:
       The derivation (seed 003's constant, seed 000's max subtraction) and a rejected claim.
     """
-    out = Derivation("shift", "Shift invariance", "seeds 000, 003")
+    out = Derivation("shift", "Shift invariance", ("000", "003"))
     C = A.const
     shifted = sp.exp(z[i] + C) / sp.Sum(sp.exp(z[m] + C), (m, 1, n))
     out.say("Softmax of the shifted logits z + C:", sp.Function("p")(z[i] + C), shifted)

@@ -7,8 +7,10 @@ The textbook reference writes the effective targets out densely and takes
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings
+from jax.experimental import checkify
 from hypothesis import strategies as st
 
 import jaxsce
@@ -326,3 +328,409 @@ def test_gradient_with_respect_to_class_weights(x64, smoothing):
     np.testing.assert_allclose(jax.grad(lambda w: ours(w, True))(w), g_ref, atol=1e-14)
     np.testing.assert_allclose(jax.grad(lambda w: ours(w, False))(w), g_ref, atol=1e-14)
     assert np.abs(g_ref).max() > 1e-3
+
+
+# -- label dtypes (issue 14 item 2) ------------------------------------------------
+
+INT_DTYPES = ["int8", "int16", "int32", "uint8", "uint16", "uint32"]
+
+
+def _lse_minus_label(z, labels):
+    """float64 textbook ``lse(z) - z_y`` with NumPy (no jaxsce, no wrap: int64 labels)."""
+    labels = np.asarray(labels, np.int64)
+    z = np.asarray(z, np.float64).reshape(-1, np.shape(z)[-1])
+    m = z.max(-1)
+    lse = m + np.log(np.exp(z - m[:, None]).sum(-1))
+    return (lse - z[np.arange(len(z)), labels.ravel()]).reshape(labels.shape)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autodiff"])
+def test_every_label_dtype_with_classes_beyond_its_range(dtype, fused):
+    """C = 256 (and 32768 for 16 bits): the largest label the dtype holds is a valid class."""
+    info = np.iinfo(dtype)
+    c = 32768 if info.bits == 16 else 256
+    top = min(int(info.max), c - 1)
+    labels = np.array([top, 0, top // 2 + 28, 3], dtype)
+    z = jax.random.normal(jax.random.PRNGKey(0), (4, c))
+    want = _lse_minus_label(z, labels)
+    loss = INT(z, jnp.asarray(labels), fused=fused)
+    np.testing.assert_allclose(loss, want, rtol=2e-6)
+    g = jax.grad(lambda z: jnp.sum(INT(z, jnp.asarray(labels), fused=fused)))(z)
+    onehot = np.zeros((4, c), np.float32)
+    onehot[np.arange(4), labels.astype(np.int64)] = 1
+    np.testing.assert_allclose(g, jax.nn.softmax(z) - onehot, atol=1e-6)
+    jaxsce.check_labels(jnp.asarray(labels), c)  # valid labels pass
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_negative_ignore_index_never_matches_an_unsigned_label(dtype):
+    # -100 wraps to 156 in uint8 (65436 in uint16): that class must not be ignored.
+    wrapped = int(np.array(-100).astype(dtype))
+    c = wrapped + 1
+    labels = jnp.array([wrapped, 1], dtype)
+    z = jax.random.normal(jax.random.PRNGKey(1), (2, c))
+    loss = INT(z, labels, ignore_index=-100)
+    np.testing.assert_allclose(loss, _lse_minus_label(z, np.array([wrapped, 1])), rtol=2e-6)
+    assert INT(z, labels, ignore_index=-100, reduction="mean", return_aux=True)[1].num_counted == 2
+    jaxsce.check_labels(labels, c, ignore_index=-100)
+    with pytest.raises(Exception, match="outside"):
+        jaxsce.check_labels(labels, wrapped, ignore_index=-100)
+
+
+def test_labels_beyond_int32_are_out_of_range_not_another_class():
+    z = jax.random.normal(jax.random.PRNGKey(2), (3, 10))
+    labels = jnp.array([2**31 + 3, 2**32 - 1, 3], jnp.uint32)  # int32 casts: 3 and -1
+    loss = INT(z, labels)
+    assert np.isnan(loss[0]) and np.isnan(loss[1]) and np.isfinite(loss[2])
+    # -100 as uint32 is 2**32 - 100: out of range, not ignored.
+    loss = INT(z[:2], jnp.array([2**32 - 100, 3], jnp.uint32), ignore_index=-100)
+    assert np.isnan(loss[0]) and np.isfinite(loss[1])
+    with pytest.raises(Exception, match="outside"):
+        jaxsce.check_labels(labels, 10)
+
+
+def test_int64_labels_beyond_int32(x64):
+    z = jax.random.normal(jax.random.PRNGKey(2), (2, 10), jnp.float64)
+    labels = jnp.array([2**32 + 3, 3], jnp.int64)
+    loss = INT(z, labels)
+    assert np.isnan(loss[0]) and np.isfinite(loss[1])
+
+
+def test_check_labels_in_narrow_dtypes():
+    jaxsce.check_labels(jnp.array([0, 127, -100], jnp.int8), 300, ignore_index=-100)
+    jaxsce.check_labels(jnp.array([0, 255], jnp.uint8), 256)
+    with pytest.raises(Exception, match="label -3 at index"):
+        jaxsce.check_labels(jnp.array([0, -3], jnp.int8), 300)
+    with pytest.raises(Exception, match="label 200 at index"):
+        jaxsce.check_labels(jnp.array([0, 200], jnp.uint8), 200)
+
+
+# -- zero targets and masked classes: dL/dy (issue 14 items 5 and 10) ----------------
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autodiff"])
+def test_target_gradient_at_zero_targets_is_lse_minus_z(x64, fused):
+    z = 2 * jax.random.normal(jax.random.PRNGKey(0), (3, 5), jnp.float64)
+    y = jax.nn.one_hot(jnp.array([1, 3, 0]), 5, dtype=jnp.float64)  # mostly zeros
+    g = jax.grad(lambda y: jnp.sum(SOFT(z, y, fused=fused)))(y)
+    want = jax.nn.logsumexp(z, axis=-1, keepdims=True) - z
+    np.testing.assert_allclose(g, want, rtol=1e-14)
+    assert np.all(np.abs(want) > 1e-3)  # so a gradient of 0 at y = 0 is rejected
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autodiff"])
+def test_masked_classes_carry_no_target_gradient(x64, fused):
+    z = 2 * jax.random.normal(jax.random.PRNGKey(0), (3, 5), jnp.float64)
+    zt = jax.random.normal(jax.random.PRNGKey(1), (3, 5), jnp.float64)
+    m = jnp.array([[True, False, True, True, False]])
+    valid = np.broadcast_to(np.asarray(m), (3, 5))
+    y = jaxsce.softmax(zt, where=m)
+    g = jax.grad(lambda y: jnp.sum(SOFT(z, y, where=m, fused=fused)))(y)
+    lse = jax.nn.logsumexp(z, axis=-1, where=m, keepdims=True)
+    np.testing.assert_allclose(np.where(valid, g, 0.0), np.where(valid, lse - z, 0.0))
+    assert np.all(g[~valid] == 0)
+    # The teacher's gradient through jaxsce.softmax, against jax.nn.softmax and
+    # a masked textbook loss that JAX differentiates.
+    def textbook(zt):
+        yt = jax.nn.softmax(zt, where=m)
+        return jnp.sum(-jnp.sum(jnp.where(m, yt * jax.nn.log_softmax(z, where=m), 0.0), -1))
+
+    g_t = jax.grad(lambda zt: jnp.sum(SOFT(z, jaxsce.softmax(zt, where=m), where=m, fused=fused)))
+    np.testing.assert_allclose(g_t(zt), jax.grad(textbook)(zt), atol=1e-14)
+    assert np.all(np.isfinite(g_t(zt)))
+    # d/d class_weights: finite, 0 on the masked classes.
+    w = jnp.linspace(0.5, 2.0, 5, dtype=jnp.float64)
+    g_w = jax.grad(lambda w: jnp.sum(SOFT(z, y, where=m, class_weights=w, fused=fused)))(w)
+    want_w = np.sum(np.where(valid, y * (lse - z), 0.0), 0)
+    np.testing.assert_allclose(g_w, want_w, rtol=1e-13)
+    assert g_w[1] == 0 and g_w[4] == 0
+
+
+# -- axis (issue 14 item 6, 11; issue 13 item 3) ------------------------------------
+
+
+@pytest.mark.parametrize("axis", [(2, 0), (0, 2), (1, 2, 0), [2, 0]], ids=str)
+def test_tuple_axis_keeps_its_order_as_optax(axis):
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5))
+    batch = [d for i, d in enumerate(z.shape) if i not in axis]
+    c = int(np.prod([z.shape[a] for a in axis]))
+    labels = jax.random.randint(jax.random.PRNGKey(1), tuple(batch), 0, c)
+    want = optax.softmax_cross_entropy_with_integer_labels(z, labels, axis=tuple(axis))
+    np.testing.assert_allclose(INT(z, labels, axis=axis), want, rtol=1e-6)
+    # textbook: move the axes to the end in the given order, flatten
+    moved = jnp.moveaxis(z, tuple(axis), tuple(range(3 - len(axis), 3))).reshape(*batch, c)
+    np.testing.assert_allclose(
+        INT(z, labels, axis=axis), _lse_minus_label(moved, labels), rtol=1e-6
+    )
+    if tuple(axis) == (2, 0):  # the sorted order means something else
+        assert np.abs(INT(z, labels, axis=(0, 2)) - want).max() > 1e-2
+
+
+def test_axis_none_reduces_over_everything_as_optax_and_jax_nn():
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5))
+    y = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(1), (3, 4, 5)), axis=None)
+    np.testing.assert_allclose(
+        SOFT(z, y, axis=None), optax.softmax_cross_entropy(z, y, axis=None), rtol=1e-6
+    )
+    label = jnp.array(37)
+    np.testing.assert_allclose(
+        INT(z, label, axis=None), jax.nn.logsumexp(z, axis=None) - z.ravel()[37], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        jaxsce.logsumexp(z, axis=None), jax.nn.logsumexp(z, axis=None), rtol=1e-6
+    )
+    np.testing.assert_allclose(jaxsce.softmax(z, axis=None), jax.nn.softmax(z, axis=None), atol=1e-7)
+    np.testing.assert_allclose(
+        jaxsce.log_softmax(z, axis=None), jax.nn.log_softmax(z, axis=None), atol=1e-6
+    )
+
+
+def test_every_axis_form_the_peers_accept():
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5))
+    for axis in ([0, 1], np.int64(-1), (np.int32(1),), np.array([0, 1])):
+        ref = jax.nn.logsumexp(z, axis=tuple(np.atleast_1d(axis).tolist()))
+        np.testing.assert_allclose(jaxsce.logsumexp(z, axis=axis), ref, rtol=1e-6)
+        np.testing.assert_allclose(
+            jaxsce.softmax(z, axis=axis), jax.nn.softmax(z, axis=tuple(np.atleast_1d(axis))),
+            atol=1e-7,
+        )
+    labels = jnp.zeros((5,), jnp.int32)
+    np.testing.assert_allclose(
+        INT(z, labels, axis=[0, 1]), INT(z, labels, axis=(0, 1)), rtol=0
+    )
+    np.testing.assert_allclose(
+        INT(z, jnp.zeros((3, 4), jnp.int32), axis=np.int64(-1)),
+        INT(z, jnp.zeros((3, 4), jnp.int32)),
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="softmax_cross_entropy_with_integer_labels.*out of range"):
+        INT(z, labels, axis=3)
+    with pytest.raises(TypeError, match="logsumexp: `axis` must be an int, a sequence"):
+        jaxsce.logsumexp(z, axis="x")
+
+
+def test_zero_size_class_axis_matches_jax_nn():
+    x = jnp.zeros((3, 0))
+    np.testing.assert_array_equal(jaxsce.logsumexp(x), jax.nn.logsumexp(x, axis=-1))
+    assert jaxsce.softmax(x).shape == (3, 0) and jaxsce.log_softmax(x).shape == (3, 0)
+    with pytest.raises(ValueError, match="softmax_cross_entropy_with_integer_labels.*no classes"):
+        INT(x, jnp.zeros((3,), jnp.int32))
+
+
+# -- optax's per-example `where` (issue 14 item 7) -------------------------------------
+
+
+@pytest.mark.parametrize("fn", ["int", "soft"])
+def test_batch_shaped_where_is_a_per_example_mask_as_optax(fn):
+    n = c = 4  # N == C: the case a class-mask reading gets wrong
+    z = jax.random.normal(jax.random.PRNGKey(3), (n, c))
+    labels = jnp.array([0, 1, 2, 3])
+    y = labels if fn == "int" else jax.nn.one_hot(labels, c)
+    keep = jnp.array([True, False, True, True])
+    ours = (INT if fn == "int" else SOFT)(z, y, where=keep)
+    theirs = (
+        optax.softmax_cross_entropy_with_integer_labels(z, labels, where=keep)
+        if fn == "int"
+        else optax.softmax_cross_entropy(z, y, where=keep)
+    )
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert ours[1] == 0  # a fully masked example gives 0, as in optax
+    np.testing.assert_allclose(ours[keep], _lse_minus_label(z, labels)[np.asarray(keep)], rtol=1e-6)
+    f = INT if fn == "int" else SOFT
+    g = jax.grad(lambda z: f(z, y, where=keep, reduction="mean"))(z)
+    assert np.all(g[1] == 0)
+    # "mean" counts the unmasked examples only
+    np.testing.assert_allclose(
+        f(z, y, where=keep, reduction="mean"), jnp.sum(ours) / 3, rtol=1e-6
+    )
+
+
+def test_zero_sample_weight_zeroes_an_infinite_loss():
+    z = jax.random.normal(jax.random.PRNGKey(3), (3, 4)).at[1].set(-jnp.inf)
+    labels = jnp.array([0, 1, 2])
+    w = jnp.array([1.0, 0.0, 1.0])
+    loss = INT(z, labels, sample_weights=w)
+    assert loss[1] == 0 and np.all(np.isfinite(loss))
+    assert np.isfinite(INT(z, labels, sample_weights=w, reduction="mean"))
+    g = jax.grad(lambda z: INT(z, labels, sample_weights=w, reduction="sum"))(z)
+    assert np.all(g[1] == 0) and np.all(np.isfinite(g))
+    assert INT(z, labels)[1] == np.inf  # unweighted, the row of -inf logits is +inf
+
+
+# -- aux and normalizer (issue 14 item 9) ------------------------------------------------
+
+
+def test_aux_correct_of_probability_targets_ignores_class_weights():
+    z = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    y = jnp.array([[0.6, 0.4, 0.0], [0.1, 0.2, 0.7]])
+    w = jnp.array([1.0, 3.0, 1.0])  # weighted, class 1 would be row 0's argmax
+    _, aux = SOFT(z, y, class_weights=w, return_aux=True)
+    np.testing.assert_array_equal(aux.correct, [True, True])
+    _, aux = SOFT(z, y, label_smoothing=0.5, return_aux=True)
+    np.testing.assert_array_equal(aux.correct, [True, True])
+    _, aux = SOFT(z[::-1], y, class_weights=w, return_aux=True)
+    np.testing.assert_array_equal(aux.correct, [False, False])
+
+
+@pytest.mark.parametrize("fn", ["int", "soft"])
+def test_aux_denominator_is_the_normalizer(fn):
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, 4))
+    y = jnp.array([0, 3]) if fn == "int" else jax.nn.one_hot(jnp.array([0, 3]), 4)
+    f = INT if fn == "int" else SOFT
+    loss, aux = f(z, y, reduction="mean", normalizer=10.0, return_aux=True)
+    assert aux.denominator == 10.0
+    np.testing.assert_allclose(loss, jnp.sum(f(z, y)) / 10, rtol=1e-6)
+
+
+def test_normalizer_must_be_a_scalar():
+    z, y = jnp.zeros((2, 4)), jnp.array([0, 3])
+    with pytest.raises(ValueError, match=r"normalizer.*scalar.*\(2,\)"):
+        INT(z, y, reduction="mean", normalizer=jnp.array([2.0, 2.0]))
+
+
+# -- array hyperparameters (issue 13 item 4; issue 14 item 4) --------------------------
+
+N_, C_ = 4, 5
+
+
+def _problem():
+    z = 2 * jax.random.normal(jax.random.PRNGKey(0), (N_, C_))
+    return z, jnp.array([0, 3, 4, 1])
+
+
+def test_traced_options_equal_static_ones():
+    z, y = _problem()
+    w = jnp.linspace(0.5, 2.0, C_)
+    s = jnp.array([1.0, 0.5, 2.0, 1.0])
+
+    @jax.jit
+    def traced(z, eps, zeta, norm, w, s):
+        return INT(
+            z, y, label_smoothing=eps, z_loss=zeta, normalizer=norm, class_weights=w,
+            sample_weights=s, reduction="mean",
+        )
+
+    def static(z):
+        return INT(
+            z, y, label_smoothing=0.2, z_loss=1e-2, normalizer=7.0, class_weights=w,
+            sample_weights=s, reduction="mean",
+        )
+
+    args = (jnp.float32(0.2), jnp.float32(1e-2), jnp.float32(7.0), w, s)
+    np.testing.assert_allclose(traced(z, *args), static(z), rtol=2e-6)
+    np.testing.assert_allclose(
+        jax.grad(traced)(z, *args), jax.grad(static)(z), rtol=2e-5, atol=1e-7
+    )
+    # A schedule: the same compiled step for each value.
+    for eps in (0.0, 0.1, 0.3):
+        want = INT(z, y, label_smoothing=eps, reduction="mean")
+        got = jax.jit(lambda z, e: INT(z, y, label_smoothing=e, reduction="mean"))(z, eps)
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+    # the gradient with respect to a traced option is the derivative of the loss
+    d_eps = jax.grad(lambda e: INT(z, y, label_smoothing=e, reduction="sum"))(jnp.float32(0.2))
+    fd = (INT(z, y, label_smoothing=0.201, reduction="sum")
+          - INT(z, y, label_smoothing=0.199, reduction="sum")) / 0.002
+    np.testing.assert_allclose(d_eps, fd, rtol=1e-2)
+    p = jax.nn.softmax(z)
+    soft_t = jax.jit(lambda z, e, zl: SOFT(z, p, label_smoothing=e, z_loss=zl))
+    np.testing.assert_allclose(
+        soft_t(z, 0.2, 1e-2), SOFT(z, p, label_smoothing=0.2, z_loss=1e-2), rtol=2e-6
+    )
+
+
+def test_t5x_with_traced_smoothing():
+    z, y = _problem()
+    got = jax.jit(lambda z, e: INT(z, y, label_smoothing=e, smoothing="t5x"))(z, 0.1)
+    np.testing.assert_allclose(got, INT(z, y, label_smoothing=0.1, smoothing="t5x"), rtol=2e-6)
+
+
+def test_class_weights_closed_over_by_jit_and_checkpoint():
+    z, y = _problem()
+    cw = jnp.linspace(0.5, 2.0, C_)
+    want = INT(z, y, class_weights=cw, reduction="mean")
+    f = lambda z: INT(z, y, class_weights=cw, reduction="mean")  # noqa: E731
+    np.testing.assert_allclose(jax.jit(f)(z), want, rtol=1e-6)
+    np.testing.assert_allclose(jax.checkpoint(f)(z), want, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.grad(jax.checkpoint(f)))(z), jax.grad(f)(z), rtol=1e-6)
+    negative = -cw  # closed over: concrete, so it raises at trace time
+    with pytest.raises(ValueError, match="class_weights.*non-negative"):
+        jax.jit(lambda z: INT(z, y, class_weights=negative))(z)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("label_smoothing", 1.5, r"label_smoothing.*\[0, 1\].*1.5"),
+        ("z_loss", -1.0, "z_loss.*>= 0.*-1"),
+        ("normalizer", 0.0, "normalizer.*> 0.*0"),
+        ("class_weights", -jnp.ones(C_), "class_weights.*non-negative"),
+    ],
+)
+def test_traced_bad_options_are_checkify_errors_and_nan(name, value, match):
+    z, y = _problem()
+    kw = {"reduction": "mean"}
+
+    @jax.jit
+    def f(z, v):
+        return INT(z, y, **{name: v}, **kw)
+
+    loss = f(z, value)
+    assert np.isnan(loss)  # never a plausible number
+    err, out = checkify.checkify(f)(z, value)
+    assert np.isnan(out)
+    with pytest.raises(Exception, match=match):
+        err.throw()
+    good = {"label_smoothing": 0.1, "z_loss": 0.1, "normalizer": 2.0, "class_weights": jnp.ones(C_)}
+    err, out = checkify.checkify(f)(z, good[name])
+    err.throw()  # a valid value passes
+    assert np.isfinite(out)
+    with pytest.raises(ValueError, match=match):  # a concrete value raises at once
+        INT(z, y, **{name: jnp.asarray(value)}, **kw)
+
+
+# -- smoothing="t5x" edge cases (issue 14 item 8) --------------------------------------
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.5, 0.9, 1.0])
+def test_t5x_label_on_an_impossible_class_is_inf(eps):
+    z = jnp.array([[0.0, 1.0, 2.0, 3.0], [0.0, -jnp.inf, 2.0, 3.0]])
+    where = jnp.array([[True, False, True, True], [True] * 4])
+    loss = INT(z, jnp.array([1, 1]), where=where, label_smoothing=eps, smoothing="t5x")
+    np.testing.assert_array_equal(loss, [np.inf, np.inf])
+    g = jax.grad(lambda z: jnp.sum(INT(z, jnp.array([1, 1]), where=where, label_smoothing=eps,
+                                       smoothing="t5x")))(z)
+    assert not np.any(np.isnan(g))
+
+
+def test_t5x_with_one_valid_class_is_the_plain_loss():
+    z = jnp.array([[3.0, 1.0, 2.0], [3.0, 1.0, 2.0]])
+    where = jnp.array([[True, False, False], [True, True, False]])
+    loss = INT(z, jnp.array([0, 0]), where=where, label_smoothing=0.1, smoothing="t5x")
+    assert loss[0] == 0  # a perfect prediction of the only class
+    # two valid classes: the T5X formula (target 0.9 / 0.1, minus its entropy)
+    lp = jax.nn.log_softmax(jnp.array([3.0, 1.0]))
+    want = -(0.9 * lp[0] + 0.1 * lp[1]) + (0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    np.testing.assert_allclose(loss[1], want, atol=1e-7)  # a difference of ~0.3-size terms
+
+
+def test_t5x_eps_one_with_a_possible_label_is_finite(x64):
+    z = jnp.array([0.0, 1.0, 2.0, 3.0], jnp.float64)
+    loss = INT(z, jnp.array(0), label_smoothing=1.0, smoothing="t5x")
+    # target 1/3 on classes 1..3, none on the label; minus the entropy log 3
+    lp = jax.nn.log_softmax(z)
+    np.testing.assert_allclose(loss, -jnp.sum(lp[1:]) / 3 - np.log(3), rtol=1e-13)
+
+
+# -- ignored rows (issue 14 item 11) ------------------------------------------------
+
+
+def test_ignored_rows_with_nan_logits():
+    """Documented: an ignored row's loss is 0 whatever its logits."""
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4)).at[1, 2].set(jnp.nan)
+    y = jnp.array([0, -100, 2])
+    loss = INT(z, y, ignore_index=-100)
+    assert loss[1] == 0 and np.all(np.isfinite(loss))
+    assert np.isfinite(INT(z, y, ignore_index=-100, reduction="mean"))
+    g = jax.grad(lambda z: INT(z, y, ignore_index=-100, reduction="sum"))(z)
+    assert np.all(np.isfinite(np.asarray(g)[[0, 2]]))  # row 1: NaN, documented
