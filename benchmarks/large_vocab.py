@@ -45,7 +45,9 @@ def precompute(hidden, weight, labels):
 
 
 def recompute(hidden, weight, labels):
-    return linear_softmax_cross_entropy(hidden, weight, labels, reduction="mean", method="recompute")
+    return linear_softmax_cross_entropy(
+        hidden, weight, labels, reduction="mean", method="recompute"
+    )
 
 
 def unfused_jaxsce(hidden, weight, labels):
