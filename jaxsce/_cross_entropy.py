@@ -317,9 +317,7 @@ def _numeric_option(fname: str, name: str, value):
             f"{fname}: `{name}` must be a real number or a scalar array, got dtype {array.dtype}."
         )
     if array.shape != ():
-        raise ValueError(
-            f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}."
-        )
+        raise ValueError(f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}.")
     return None, array, check_array_option(fname, name, array, ok, expected)
 
 
@@ -444,7 +442,17 @@ def _num_valid_classes(where, z):
 
 
 def _finish(
-    ce, lse, correct, keep, weight, denominator, normalizer, valid, *, z_loss, reduction,
+    ce,
+    lse,
+    correct,
+    keep,
+    weight,
+    denominator,
+    normalizer,
+    valid,
+    *,
+    z_loss,
+    reduction,
     return_aux,
 ):
     """Adds the z-loss, drops ignored examples, weights and reduces.
