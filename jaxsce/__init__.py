@@ -1,7 +1,5 @@
 """jaxsce: softmax and cross-entropy for JAX, with fused closed-form gradients."""
 
-import importlib.metadata
-
 from jaxsce._checks import check_labels as check_labels
 from jaxsce._cross_entropy import CrossEntropyAux as CrossEntropyAux
 from jaxsce._cross_entropy import softmax_cross_entropy as softmax_cross_entropy
@@ -20,4 +18,6 @@ from jaxsce._vocab_parallel import (
     vocab_parallel_softmax_cross_entropy as vocab_parallel_softmax_cross_entropy,
 )
 
-__version__ = importlib.metadata.version("jaxsce")
+# The one place the version is written: pyproject.toml reads it from here, so a
+# checkout that was never pip-installed imports too.
+__version__ = "0.1.0"

@@ -685,9 +685,11 @@ def softmax_cross_entropy_with_integer_labels(
     whose backward pass is that closed form. It has the dtype of ``logits``;
     the loss is computed and returned in at least float32 (bfloat16 and float16
     logits are upcast). ``fused=False`` selects the plain formulation, with the
-    same values, that JAX differentiates by itself: use it for forward mode
-    (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), which a custom_vjp does not
-    support. Reverse-over-reverse (``jax.grad`` of ``jax.grad``) works on both.
+    same values, that JAX differentiates by itself: use it for forward mode of
+    the loss itself (``jax.jvp``, ``jax.jacfwd``), which a custom_vjp does not
+    support. Second derivatives work on both: ``jax.hessian`` (forward mode
+    over the fused backward pass, which is plain JAX), Hessian-vector products
+    ``jax.jvp(jax.grad(f), ...)`` and ``jax.grad`` of ``jax.grad``.
 
     Numeric options (``label_smoothing``, ``z_loss``, ``normalizer``,
     ``class_weights``, ``sample_weights``) may be arrays, traced ones too (a

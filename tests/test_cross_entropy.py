@@ -154,6 +154,40 @@ def test_reverse_over_reverse_gives_the_hessian(x64, total):
     np.testing.assert_allclose(h_int, jnp.diag(p) - jnp.outer(p, p), atol=1e-14)
 
 
+@pytest.mark.parametrize("total", [1.0, 0.4])
+def test_hessian_runs_through_the_fused_path(x64, total):
+    """jax.hessian is forward over reverse: forward mode runs over the fused backward pass."""
+    z = _logits((6,), jnp.float64)
+    y = _targets((6,), total, dtype=jnp.float64)
+    p = jax.nn.softmax(z)
+    closed = total * (jnp.diag(p) - jnp.outer(p, p))
+    h_fused = jax.hessian(lambda z: SOFT(z, y))(z)
+    h_plain = jax.hessian(lambda z: SOFT(z, y, fused=False))(z)
+    np.testing.assert_allclose(h_fused, h_plain, atol=1e-14)
+    np.testing.assert_allclose(h_fused, closed, atol=1e-14)
+    # Wrong closed forms are rejected: without -p p^T, and without the factor sum(y).
+    assert np.abs(h_fused - total * jnp.diag(p)).max() > 1e-3
+    if total != 1.0:
+        assert np.abs(h_fused - closed / total).max() > 1e-3
+    # A Hessian-vector product, forward over the fused reverse pass.
+    v = _logits((6,), jnp.float64, seed=5)
+    _, hvp = jax.jvp(jax.grad(lambda z: SOFT(z, y)), (z,), (v,))
+    np.testing.assert_allclose(hvp, closed @ v, atol=1e-14)
+    # Integer labels, and options: the same against the plain formulation.
+    label = jnp.argmax(y)
+    h_int = jax.hessian(lambda z: INT(z, label))(z)
+    np.testing.assert_allclose(h_int, jnp.diag(p) - jnp.outer(p, p), atol=1e-14)
+    opts = dict(label_smoothing=0.1, z_loss=1e-2)
+    np.testing.assert_allclose(
+        jax.hessian(lambda z: INT(z, label, **opts))(z),
+        jax.hessian(lambda z: INT(z, label, fused=False, **opts))(z),
+        atol=1e-14,
+    )
+    # Forward mode of the loss itself is what a custom_vjp refuses.
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jacfwd(lambda z: SOFT(z, y))(z)
+
+
 def test_check_grads_second_order(x64):
     z, y = _logits((3, 5), jnp.float64), _targets((3, 5), 1.3, dtype=jnp.float64)
     with jax.numpy_dtype_promotion("standard"):  # check_grads mixes dtypes itself
