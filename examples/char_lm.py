@@ -201,18 +201,32 @@ def make_loss(mesh: Mesh | None):
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, AXIS), P()), out_specs=P())
 
 
+def replicate_the_rest(module: nnx.Module, mesh: Mesh) -> None:
+    """Puts every array of ``module`` that is not yet placed on a mesh on all its devices."""
+    replicated = NamedSharding(mesh, P())
+    state = nnx.state(module)
+    placed = jax.tree.map(
+        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
+        state,
+    )
+    nnx.update(module, placed)
+
+
 def build(args: argparse.Namespace, mesh: Mesh | None, steps: int):
     """The model, its optimizer (AdamW, warm-up then cosine decay), and the jitted steps."""
     model = create_model(args.width, args.heads, args.layers, args.context, args.seed)
     if mesh is not None:
-        # Every parameter on every device, but the output kernel's columns split.
-        state = jax.device_put(nnx.state(model), NamedSharding(mesh, P()))
-        nnx.update(model, state)
+        # The output kernel's columns split over the devices, every other parameter on all.
         model.kernel[...] = jax.device_put(model.kernel[...], NamedSharding(mesh, P(None, AXIS)))
+        replicate_the_rest(model, mesh)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, args.lr, min(100, steps // 10 + 1), max(steps, 2), end_value=args.lr / 10
     )
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=nnx.Param)
+    if mesh is not None:
+        # Adam's moments follow their parameters; its step counters go on every device
+        # too, where the compiled step puts them (else the second step compiles again).
+        replicate_the_rest(optimizer, mesh)
     loss_of = make_loss(mesh)
 
     def loss_fn(model: CharTransformer, inputs, labels):
