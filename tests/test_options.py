@@ -751,3 +751,33 @@ def test_ignored_rows_with_nan_logits():
     assert np.isfinite(INT(z, y, ignore_index=-100, reduction="mean"))
     g = jax.grad(lambda z: INT(z, y, ignore_index=-100, reduction="sum"))(z)
     assert np.all(np.isfinite(np.asarray(g)[[0, 2]]))  # row 1: NaN, documented
+
+
+@pytest.mark.parametrize("fn", ["int", "soft"])
+def test_traced_logit_softcap(x64, fn):
+    """An array cap equals the static one, and d/dc matches the plain formula."""
+    z = 40 * jax.random.normal(jax.random.PRNGKey(0), (4, 6), jnp.float64)
+    labels = jnp.array([0, 5, 2, 3])
+    y = labels if fn == "int" else jax.nn.softmax(z / 50)
+    f = INT if fn == "int" else SOFT
+
+    def plain(z, c):
+        zc = c * jnp.tanh(z / c)
+        lse = jax.nn.logsumexp(zc, axis=-1)
+        if fn == "int":
+            return jnp.sum(lse - jnp.take_along_axis(zc, labels[:, None], -1)[:, 0])
+        return jnp.sum(jnp.sum(y * (lse[:, None] - zc), -1))
+
+    traced = jax.jit(lambda z, c: jnp.sum(f(z, y, logit_softcap=c)))
+    c = jnp.float64(30.0)
+    np.testing.assert_allclose(traced(z, c), jnp.sum(f(z, y, logit_softcap=30.0)), rtol=1e-13)
+    np.testing.assert_allclose(traced(z, c), plain(z, c), rtol=1e-13)
+    for arg in (0, 1):
+        np.testing.assert_allclose(
+            jax.grad(traced, arg)(z, c), jax.grad(plain, arg)(z, c), rtol=1e-11, atol=1e-13
+        )
+    assert abs(jax.grad(plain, 1)(z, c)) > 1e-3  # the cap's gradient is not trivially 0
+    assert np.isnan(traced(z, -1.0))
+    err, _ = checkify.checkify(traced)(z, 0.0)
+    with pytest.raises(Exception, match="logit_softcap.*> 0"):
+        err.throw()
