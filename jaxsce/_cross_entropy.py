@@ -127,19 +127,30 @@ def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
     return (t.labels < 0) | (t.labels >= z.shape[-1])
 
 
-def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
+def _softcap(z: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma 2's logit soft-capping ``cap * tanh(z / cap)`` (identity for None)."""
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def _capped(z: jax.Array, where: jax.Array | None, cap: float | None) -> jax.Array:
+    """The logits the loss sees: upcast, soft-capped, masked entries ``-inf``."""
+    return mask_logits(_softcap(z.astype(compute_dtype(z.dtype)), cap), where)
+
+
+def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None = None):
     """The loss, its log-sum-exp and whether the target's class scores highest.
 
     Args:
       z: ``(..., C)`` logits (any float dtype; computed in at least float32).
       where: ``(..., C)`` boolean mask of valid classes, or None.
       t: the effective targets.
+      cap: soft-cap ``c`` (logits become ``c tanh(z / c)``), or None.
 
     Returns:
       ``(ce, lse, correct)``, each ``(...,)``. ``ce`` is NaN where a label lies
       outside ``[0, C)``.
     """
-    z = mask_logits(z.astype(compute_dtype(z.dtype)), where)
+    z = _capped(z, where, cap)
     s = max_and_rest(z)
     log1p_rest = jnp.log1p(s.rest)
     ce = jnp.zeros(z.shape[:-1], z.dtype)
@@ -165,22 +176,27 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets):
     return (ce, s.logsumexp, correct), (s, z)
 
 
-@jax.custom_vjp
-def _xent(z: jax.Array, where: jax.Array | None, t: Targets):
-    """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``."""
-    return _xent_values(z, where, t)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None = None):
+    """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``.
+
+    With a soft-cap the chain rule runs inside the same pass: the gradient
+    with respect to the raw logits is ``g (p sum(y) - y) (1 - tanh^2(z / c))``,
+    with ``tanh`` recomputed from the raw logits (no residual of size N x C).
+    """
+    return _xent_values(z, where, t, cap)[0]
 
 
-def _xent_fwd(z, where, t):
-    out, (s, _) = _xent_values(z, where, t)
+def _xent_fwd(z, where, t, cap):
+    out, (s, _) = _xent_values(z, where, t, cap)
     # Residuals: the inputs themselves and three numbers per example.
     return out, (z, where, t, s.shift, s.rest, s.empty)
 
 
-def _xent_bwd(res, g):
+def _xent_bwd(cap, res, g):
     z_in, where, t, shift, rest, empty = res
     g_ce, g_lse, _ = g  # `correct` is boolean: it has no cotangent.
-    z = mask_logits(z_in.astype(compute_dtype(z_in.dtype)), where)
+    z = _capped(z_in, where, cap)
     g_ce, g_lse = g_ce[..., None], g_lse[..., None]
     rest, shift = rest[..., None], shift[..., None]
     e = exp_shifted(z, shift)  # p = e / (1 + rest); e = 1 on the largest logit
@@ -193,6 +209,9 @@ def _xent_bwd(res, g):
     dz = jnp.where(_bad_labels(t, z)[..., None], jnp.nan, dz)
     if where is not None:
         dz = jnp.where(where, dz, 0.0)
+    if cap is not None:
+        tanh = jnp.tanh(z_in.astype(z.dtype) / cap)
+        dz = dz * (1 - tanh * tanh)
 
     # Cotangents of the float targets: dL/dy_c = lse - z_c.
     def nll():
@@ -275,6 +294,19 @@ def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_l
         raise ValueError(f"{fname}: `z_loss` must be a finite number >= 0, got z_loss={z_loss!r}.")
 
 
+def _check_softcap(fname: str, logit_softcap) -> float | None:
+    """``logit_softcap`` as a float, or None; raises ValueError unless it is > 0 and finite."""
+    if logit_softcap is None:
+        return None
+    ok = isinstance(logit_softcap, numbers.Real) and not isinstance(logit_softcap, bool)
+    if not ok or not (math.isfinite(float(logit_softcap)) and float(logit_softcap) > 0):
+        raise ValueError(
+            f"{fname}: `logit_softcap` must be None or a finite number > 0,"
+            f" got logit_softcap={logit_softcap!r}."
+        )
+    return float(logit_softcap)
+
+
 def _check_structure(fname, reduction, smoothing):
     """The static options that choose the computation."""
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
@@ -317,9 +349,7 @@ def _numeric_option(fname: str, name: str, value):
             f"{fname}: `{name}` must be a real number or a scalar array, got dtype {array.dtype}."
         )
     if array.shape != ():
-        raise ValueError(
-            f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}."
-        )
+        raise ValueError(f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}.")
     return None, array, check_array_option(fname, name, array, ok, expected)
 
 
@@ -444,7 +474,17 @@ def _num_valid_classes(where, z):
 
 
 def _finish(
-    ce, lse, correct, keep, weight, denominator, normalizer, valid, *, z_loss, reduction,
+    ce,
+    lse,
+    correct,
+    keep,
+    weight,
+    denominator,
+    normalizer,
+    valid,
+    *,
+    z_loss,
+    reduction,
     return_aux,
 ):
     """Adds the z-loss, drops ignored examples, weights and reduces.
@@ -495,6 +535,7 @@ def _has_class(where):
         "z_loss",
         "return_aux",
         "fused",
+        "logit_softcap",
     ),
 )
 def _integer_labels_impl(
@@ -516,6 +557,7 @@ def _integer_labels_impl(
     z_loss,
     return_aux,
     fused,
+    logit_softcap,
 ):
     z = classes_last(logits, axis)
     where = None if where is None else classes_last(where, axis)
@@ -553,12 +595,13 @@ def _integer_labels_impl(
                 jax.scipy.special.xlogy(1 - eps, 1 - eps)
                 + (n - 1) * jax.scipy.special.xlogy(low, low)
             )
-    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t)
+    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
     if smoothing == "t5x" and smoothed:
         ce = ce - entropy
         # The label must be a possible class: +inf if it is masked or -inf, for
         # every eps (at eps = 1 the split above would give inf - inf).
-        z_y = jnp.take_along_axis(mask_logits(z, where), safe[..., None], axis=-1)[..., 0]
+        zc = _capped(z, where, logit_softcap)
+        z_y = jnp.take_along_axis(zc, safe[..., None], axis=-1)[..., 0]
         ce = jnp.where((z_y == -jnp.inf) & ~jnp.isnan(lse) & (labels >= 0), jnp.inf, ce)
     w = keep.astype(cd) * (1.0 if sample_weights is None else sample_weights.astype(cd))
     denominator = jnp.sum(w * (1.0 if class_weights is None else w_y))
@@ -579,7 +622,15 @@ def _integer_labels_impl(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("axis", "reduction", "label_smoothing", "z_loss", "return_aux", "fused"),
+    static_argnames=(
+        "axis",
+        "reduction",
+        "label_smoothing",
+        "z_loss",
+        "return_aux",
+        "fused",
+        "logit_softcap",
+    ),
 )
 def _probabilities_impl(
     logits,
@@ -598,6 +649,7 @@ def _probabilities_impl(
     z_loss,
     return_aux,
     fused,
+    logit_softcap,
 ):
     z = classes_last(logits, axis)
     where = None if where is None else classes_last(where, axis)
@@ -612,7 +664,8 @@ def _probabilities_impl(
         y = (1 - eps) * y + (eps / _num_valid_classes(where, z))[..., None] * u
     if class_weights is not None:
         y = y * jnp.broadcast_to(class_weights.astype(cd), y.shape)
-    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, Targets(dense=y))
+    t = Targets(dense=y)
+    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
     if return_aux and (class_weights is not None or eps_array is not None or eps):
         # `correct` of the targets as given, not of the weighted or smoothed ones.
         zm = mask_logits(z.astype(cd), where)
@@ -637,9 +690,9 @@ def _probabilities_impl(
     )
 
 
-def _xent_values_only(z, where, t):
+def _xent_values_only(z, where, t, cap=None):
     """The plain formulation: the same values, differentiated by JAX itself."""
-    return _xent_values(z, where, t)[0]
+    return _xent_values(z, where, t, cap)[0]
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -658,6 +711,7 @@ def softmax_cross_entropy_with_integer_labels(
     z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
+    logit_softcap: float | None = None,
 ):
     r"""Softmax cross-entropy with class-index labels; a drop-in for optax's.
 
@@ -733,6 +787,10 @@ def softmax_cross_entropy_with_integer_labels(
       return_aux: also return a :class:`CrossEntropyAux` (per-example
         log-sum-exp, z-loss term, correctness, count, mean denominator).
       fused: False to use the plain formulation (see above).
+      logit_softcap: ``c > 0`` to soft-cap the logits first, ``z <- c tanh(z / c)``
+        (Gemma 2's ``final_logit_softcapping``); the fused gradient includes
+        the factor ``1 - tanh^2(z / c)``. Default None: no cap. A capped
+        ``-inf`` logit is ``-c``; mask classes with ``where`` instead.
 
     Returns:
       The loss: ``(...)`` per example for ``reduction="none"``, else a scalar;
@@ -776,6 +834,7 @@ def softmax_cross_entropy_with_integer_labels(
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"{fname}: `ignore_index` must be an int or None, got {ignore_index!r}.")
+    logit_softcap = _check_softcap(fname, logit_softcap)
     eps, eps_array, eps_valid = _numeric_option(fname, "label_smoothing", label_smoothing)
     zeta, zeta_array, zeta_valid = _numeric_option(fname, "z_loss", z_loss)
     normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
@@ -800,6 +859,7 @@ def softmax_cross_entropy_with_integer_labels(
         z_loss=zeta,
         return_aux=bool(return_aux),
         fused=bool(fused),
+        logit_softcap=logit_softcap,
     )
 
 
@@ -817,6 +877,7 @@ def softmax_cross_entropy(
     z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
+    logit_softcap: float | None = None,
 ):
     r"""Softmax cross-entropy with probability (soft) targets; a drop-in for optax's.
 
@@ -858,6 +919,8 @@ def softmax_cross_entropy(
       z_loss: coefficient ``zeta`` of ``zeta * lse(z)^2``.
       return_aux: also return a :class:`CrossEntropyAux`.
       fused: False to use the plain formulation that JAX differentiates.
+      logit_softcap: ``c > 0`` to soft-cap the logits first, ``z <- c tanh(z / c)``
+        (see :func:`softmax_cross_entropy_with_integer_labels`). Default None.
 
     Returns:
       The loss (``(...)`` per example, or a scalar when reduced), in at least
@@ -892,6 +955,7 @@ def softmax_cross_entropy(
     normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
     if class_weights is not None and len(axes) > 1:
         raise ValueError(f"{fname}: `class_weights` need a single class axis, got axis={axis}.")
+    logit_softcap = _check_softcap(fname, logit_softcap)
     class_weights, cw_valid = _check_class_weights(fname, class_weights, num_classes)
     return _probabilities_impl(
         logits,
@@ -909,4 +973,5 @@ def softmax_cross_entropy(
         z_loss=zeta,
         return_aux=bool(return_aux),
         fused=bool(fused),
+        logit_softcap=logit_softcap,
     )

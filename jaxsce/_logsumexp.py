@@ -65,9 +65,7 @@ def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]
     out = []
     for a in axes:
         if not -ndim <= a < ndim:
-            raise ValueError(
-                f"`{name}`={axis!r} is out of range for an array of rank {ndim}."
-            )
+            raise ValueError(f"`{name}`={axis!r} is out of range for an array of rank {ndim}.")
         out.append(a % ndim)
     if len(set(out)) != len(out):
         raise ValueError(f"`{name}`={axis!r} repeats an axis.")
@@ -153,37 +151,55 @@ def exp_shifted(z: jax.Array, shift: jax.Array) -> jax.Array:
 
     ``z - shift`` rounds to ``d`` with an absolute error up to half an ulp of
     ``d``; through ``exp`` that becomes a relative error of ``|d| eps / 2``
-    (about 25 ulp at ``d = -50``). Knuth's TwoSum recovers the exact error
-    ``r = (z - shift) - d``, and ``exp(d) (1 + r)`` is exact to first order.
-    ``r`` has derivative 0 (``stop_gradient`` says so), so the derivative is
-    that of ``exp(z - shift)``.
+    (about 25 ulp at ``d = -50``). The exact error ``r = (z - shift) - d``
+    comes from Dekker's Fast2Sum, which needs its larger operand first: with
+    ``z <= shift``, ``min(z, -shift)`` is the one of larger magnitude. Then
+    ``exp(d) (1 + r)`` is exact to first order. ``r`` has derivative 0
+    (``stop_gradient`` says so), so the derivative is that of ``exp(z - shift)``.
 
-    ``z`` is first clamped to ``shift - L``, where ``exp(-L)`` is already 0:
-    ``-inf`` entries then give 0 without a ``where``, which would slow down
-    XLA's CPU reductions over this.
+    Where ``z`` is ``-inf`` (or ``d`` overflows) ``exp(d)`` is 0; there the
+    Fast2Sum runs on ``max(d, -L)`` so that no ``inf - inf`` turns into NaN,
+    gives ``r = -inf``, which is clamped to ``-1`` and multiplied by 0. Nothing
+    is clamped relative to ``shift``, so this holds for every finite shift
+    (``shift - L`` would round back to ``shift`` past 2^31).
     """
-    z = jnp.maximum(z, shift - _underflow_distance(z.dtype))
     d = z - shift
-    # TwoSum(z, -shift): d + r == z - shift exactly.
-    z_part = d + shift
-    shift_part = z_part - d
-    r = jax.lax.stop_gradient((z - z_part) + (shift_part - shift))
+    big, small = jnp.minimum(z, -shift), jnp.maximum(z, -shift)  # |big| >= |small|
+    r = small - (jnp.maximum(d, -_underflow_distance(d.dtype)) - big)
+    r = jax.lax.stop_gradient(jnp.maximum(r, -1.0))
     e = jnp.exp(d)
     return e + e * r
 
 
-def _rest_of(z: jax.Array, m: jax.Array, shift: jax.Array, valid: jax.Array) -> jax.Array:
-    """``sum exp(z_k - m)`` over the ``valid`` entries but one largest, exactly.
+def _top(z: jax.Array, shift: jax.Array) -> jax.Array:
+    """1 where ``z`` equals ``shift`` (a largest entry), 0 below it.
 
-    Each largest entry contributes ``expm1(z - m)``: exactly 0 in value, with
-    the derivative of ``e^{z - m}``; all but one of the 1s come back as the
-    exact count of ties.
+    ``1 - ceil(min(shift - z, 1))``: arithmetic, no comparison or select, so
+    that XLA's CPU reductions fuse it with the sum that reads it. It reads
+    ``shift - z`` rather than the ``z - shift`` of :func:`exp_shifted`:
+    XLA writes out as an array whatever two fusions share.
     """
-    top = (z == m[..., None]) & valid
-    terms = jnp.where(top, jnp.expm1(z - shift[..., None]), exp_shifted(z, shift[..., None]))
-    terms = jnp.where(valid, terms, 0.0)
-    ties = jnp.sum(top, axis=-1).astype(z.dtype) - 1
-    return jnp.sum(terms, axis=-1) + jnp.maximum(ties, 0.0)
+    return 1.0 - jnp.ceil(jnp.minimum(shift[..., None] - z, 1.0))
+
+
+def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array) -> jax.Array:
+    """``sum exp(z_k - m)`` over every entry but one largest, exactly.
+
+    Each largest entry has ``e = exp(0) = 1`` exactly and enters the sum as
+    ``e - 1 = 0``, with the derivative of ``e^{z - m}``; every other entry
+    enters as itself. All but one of the 1s come back as the exact count of
+    ties. Masked entries are ``-inf``, with ``e = 0``.
+
+    The ties are counted from the logits as ``C + sum(floor(max(z - s, -1/2)))``
+    (each term -1 below the top, 0 on it), with a copy ``s`` of the shift
+    that differs from it in empty rows (where nothing counts) and other
+    constants: XLA writes out as an ``(..., C)`` array whatever two
+    reductions share, instead of fusing it into each.
+    """
+    others = jnp.sum(exp_shifted(z, shift[..., None]) - _top(z, shift), axis=-1)
+    below = jnp.floor(jnp.maximum(z - jnp.where(empty, 1.0, shift)[..., None], -0.5))
+    ties = (z.shape[-1] - 1) + jnp.sum(below, axis=-1)
+    return others + jnp.maximum(ties, 0.0)
 
 
 def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
@@ -200,11 +216,11 @@ BLOCK = 1024
 def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     """Splits the log-sum-exp of ``z`` over its last axis as ``m + log1p(rest)``.
 
-    Leaving the largest class out of the sum takes a comparison in the
-    reduction, which XLA's CPU reductions run several times slower than a
-    plain sum. So the row is cut into blocks of ``block`` classes: every block
-    but the one holding the largest class is summed plainly, and the exact
-    exclusion runs on that one block only.
+    A row of at most ``block`` classes takes one pass for the largest logit
+    and one for :func:`_rest_of` (its two sums fuse into one loop). A longer
+    row is cut into blocks of ``block`` classes: every block but the one
+    holding the largest class is summed plainly, and the exact exclusion,
+    which costs a few more operations per entry, runs on that one block only.
 
     Args:
       z: ``(..., C)`` logits with masked entries already set to ``-inf``, in the
@@ -225,7 +241,7 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     # that NaN comes out rather than a number that hides the overflow.
     shift = jnp.where(jnp.isfinite(m), m, jnp.where(empty, 0.0, jnp.nan))
     if num_classes <= block:
-        rest = _rest_of(z, m, shift, ~empty[..., None])
+        rest = _rest_of(z, shift, empty)
         return MaxAndRest(shift, rest, empty)
     k = jnp.argmax(block_max, axis=-1)  # the block holding the largest class
     block_sum = _block_reduce(exp_shifted(z, shift[..., None]), jax.lax.add, 0.0, block)
@@ -234,7 +250,7 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
     in_row = index < num_classes
     top_block = jnp.take_along_axis(z, jnp.minimum(index, num_classes - 1), axis=-1)
-    rest = others + _rest_of(top_block, m, shift, in_row & ~empty[..., None])
+    rest = others + _rest_of(jnp.where(in_row, top_block, -jnp.inf), shift, empty)
     return MaxAndRest(shift, rest, empty)
 
 

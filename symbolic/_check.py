@@ -152,7 +152,7 @@ def check_all(derivations: list[Derivation]) -> list[Row]:
     rows: dict[str, list[tuple[float, float | None]]] = {}
 
     def add(name, sym, auto, fused=None):
-        rows.setdefault(name.split("#")[0], []).append(
+        rows.setdefault(name.split(" @")[0], []).append(
             (_err(sym, auto), None if fused is None else _err(sym, fused))
         )
 
@@ -294,12 +294,12 @@ def _library_legs(f, z, y, label) -> dict[str, tuple]:
         sym = (f["merge_max"](mA, rA, mB, rB), f["merge_rest"](mA, rA, mB, rB))
         got = lib.merge(mA, rA, mB, rB)
         swapped = lib.merge(mB, rB, mA, rA)
-        out[f"3 merge at every split of the classes#{a}"] = (
+        out[f"3 merge at every split of the classes @{a}"] = (
             jnp.stack(sym),
             jnp.stack([m, jnp.exp(ref_lse - m) - 1]),
             jnp.stack(got),
         )
-        out[f"3 merge commutative at every split#{a}"] = (jnp.stack(sym), jnp.stack(swapped), None)
+        out[f"3 merge commutative at every split @{a}"] = (jnp.stack(sym), jnp.stack(swapped), None)
     thirds = [lib.normaliser(z[:, cols])[:2] for cols in (slice(0, 1), slice(1, 3), slice(3, n))]
     left = lib.merge(*lib.merge(*thirds[0], *thirds[1]), *thirds[2])
     right = lib.merge(*thirds[0], *lib.merge(*thirds[1], *thirds[2]))
@@ -329,10 +329,14 @@ def _library_legs(f, z, y, label) -> dict[str, tuple]:
         cols = jnp.arange(shards)[:, None] * vl
         owned = (label[None, :] >= cols) & (label[None, :] < cols + vl)
         zy_l = jnp.where(owned, zy[None, :], 0.0)
-        m_g, r_g, _, _ = lib.combine_shards(m_l, r_l, zy_l, zs.sum(-1), owned)
+        m_g, r_g, gap = lib.combine_shards(m_l, r_l, zy_l, zs, owned)
         sym_r = jax.vmap(f["shard_rest"], in_axes=(1, 1, 0))(m_l, r_l, m_g[0])
         out[f"4 shards combined, S = {shards}"] = (sym_r, jnp.exp(ref_lse - m_g[0]) - 1, r_g[0])
         by_row = jnp.transpose(zs, (1, 0, 2))  # (N, S, V_l)
+        if gap is not None:  # the gap sum_k (m - z_k) that the smoothing divides by V
+            sym_gap = f["shard_gap"](by_row, m_g[0])
+            ref_gap = n * m_g[0] - jnp.sum(z, -1)
+            out[f"4 smoothing gap combined, S = {shards}"] = (sym_gap, ref_gap, gap[0])
         sym = f["smoothed_loss"](by_row, zy, ref_lse, eps, shards, vl)
         got = lib.vocab_parallel_loss(zs, label, eps)
         out[f"4 smoothing, global V, S = {shards}"] = (sym, dense, got)
@@ -355,8 +359,19 @@ def _library_legs(f, z, y, label) -> dict[str, tuple]:
         name += " [logit_softcap absent: jaxsce of c tanh(x/c)]"
         got = jax.grad(lambda v: lib.label_loss(cap * jnp.tanh(v / cap), label))(x)
     out[name] = (sym, jax.grad(capped_plain)(x), got)
-    # 6: the gradient computed in the forward pass, scaled by the cotangent.
     hidden, weight = z[:, :3] / 10, jnp.asarray(np.random.default_rng(5).normal(size=(3, n)))
+    got = lib.linear_softcap_gradient(hidden, weight, label, cap)
+    if got is not None:  # the linear loss's logit_softcap: dW = X^T (dz (1 - tanh^2(x/c)))
+        x = hidden @ weight
+        dz = lib.label_gradient(f["softcap"](x, cap), label)
+        sym = hidden.T @ f["softcap_chain"](dz, x, cap)
+
+        def linear_capped(w):
+            lp = jax.nn.log_softmax(cap * jnp.tanh(hidden @ w / cap))
+            return -jnp.sum(jnp.take_along_axis(lp, label[:, None], -1))
+
+        out["5 softcap, linear loss logit_softcap"] = (sym, jax.grad(linear_capped)(weight), got)
+    # 6: the gradient computed in the forward pass, scaled by the cotangent.
     P = jax.nn.softmax(hidden @ weight)
     Y = jax.nn.one_hot(label, n, dtype=z.dtype)
     g = 0.7

@@ -39,11 +39,24 @@ def merge(m, r, m_c, r_c) -> tuple[jax.Array, jax.Array]:
     return _merge_max_and_rest(m, r, m_c, r_c)
 
 
-def combine_shards(m_l, rest_l, zy_l, zsum_l, owned):
-    """``jaxsce._linear._combine_shards`` over a leading shard axis (``jax.vmap``'s axis)."""
-    return jax.vmap(
-        lambda *a: _combine_shards(*a, AXIS, True), axis_name=AXIS
-    )(m_l, rest_l, zy_l, zsum_l, owned)
+def combine_shards(m_l, rest_l, zy_l, shard_logits, owned):
+    r"""``jaxsce._linear._combine_shards`` over a leading shard axis (``jax.vmap``'s axis).
+
+    Returns the global ``(m, rest, gap)``, ``gap`` (:math:`\sum_k (m - z_k)`) None in the
+    version that combines the sum of the logits instead.
+    """
+    v_local = shard_logits.shape[-1]
+    if "gap_l" in inspect.signature(_combine_shards).parameters:
+        finite = jnp.where(m_l == -jnp.inf, 0.0, m_l)
+        gap_l = jnp.sum(finite[..., None] - shard_logits, axis=-1)
+        m, rest, _, gap = jax.vmap(
+            lambda *a: _combine_shards(*a[:4], v_local, a[4], AXIS, True), axis_name=AXIS
+        )(m_l, rest_l, zy_l, gap_l, owned)
+        return m, rest, gap
+    m, rest, _, _ = jax.vmap(lambda *a: _combine_shards(*a, AXIS, True), axis_name=AXIS)(
+        m_l, rest_l, zy_l, shard_logits.sum(-1), owned
+    )
+    return m, rest, None
 
 
 def vocab_parallel_loss(shard_logits: jax.Array, labels: jax.Array, eps: float) -> jax.Array:
@@ -98,3 +111,14 @@ def entropy(z: jax.Array) -> jax.Array:
     """The softmax entropy from the library's ``softmax`` and ``log_softmax`` (it has no
     entropy function)."""
     return -jnp.sum(jaxsce.softmax(z) * jaxsce.log_softmax(z), axis=-1)
+
+
+def linear_softcap_gradient(hidden, weight, labels, cap: float):
+    """Gradient in the weight of ``jaxsce.linear_softmax_cross_entropy`` with
+    ``logit_softcap=cap`` (``reduction="sum"``), or None while it has no such option."""
+    fn = jaxsce.linear_softmax_cross_entropy
+    if not has_option(fn, "logit_softcap"):
+        return None
+    return jax.grad(
+        lambda w: fn(hidden, w, labels, reduction="sum", logit_softcap=cap)
+    )(weight)

@@ -134,13 +134,18 @@ def online_merge() -> Derivation:
     )
     total = sp.Sum(sp.exp(z[k]), (k, 1, n))
     sizes, free = {n: 4, a: 2}, {}
+    sA, sB = sp.symbols("r_A r_B", real=True)
     for label, (m, r) in (
         ("B holds the larger max", (mB, rB + (1 + rA) * sp.exp(mA - mB))),
         ("A holds the larger max (or a tie)", (mA, rA + (1 + rB) * sp.exp(mB - mA))),
     ):
+        shown = 1 + (
+            sB + (1 + sA) * sp.exp(mA - mB) if m == mB else sA + (1 + sB) * sp.exp(mB - mA)
+        )
         out.say(
-            f"{label}: the merged pair stands for the sum over all n classes:",
-            sp.exp(m_sym) * (1 + r_sym),
+            f"{label}: the merged pair (m, r) = ({m}, {sp.sstr(shown - 1)}) stands for the "
+            "sum over all n classes:",
+            sp.exp(m) * shown,
             total,
             prove_identity(
                 f"merge correct for any split: {label}",
@@ -300,6 +305,41 @@ def shards() -> Derivation:
             logits=(Z,),
         ),
     )
+    # The gap form: each shard sends g_s + V_l (m - m_s), g_s = sum_k (m_s - Z_sk) >= 0.
+    gap_shard = sp.Sum(M[s] - Z[s, k], (k, 1, V_l))
+    sent = sp.Sum(gap_shard + V_l * (m - M[s]), (s, 1, S_n))
+    gap = sp.Sum(sp.Sum(m - Z[s, k], (k, 1, V_l)), (s, 1, S_n))
+    out.say(
+        "The library may send, in place of the sum of the logits, each shard's gap "
+        "g_s = sum_k (m_s - Z_sk) >= 0 shifted to the global max, which keeps its accuracy "
+        "under a common offset of the logits:",
+        sp.Sum(sp.Symbol("g_s") + V_l * (m - M[s]), (s, 1, S_n)),
+        gap,
+        prove_identity(
+            "sum_s (g_s + V_l (m - m_s)) = sum_s sum_k (m - Z_sk)",
+            sent,
+            gap,
+            {},
+            sizes,
+            rewrite=sp.expand,
+            logits=(Z,),
+        ),
+    )
+    out.say(
+        "and the smoothing term divides it by the global V, m - mean(z) = gap / V:",
+        sp.Symbol("L"),
+        (1 - eps) * (lse - Z[sigma, kappa]) + eps * (lse - m + gap / V),
+        prove_identity(
+            "smoothed loss with the gap over the global V = S V_l",
+            loss,
+            (1 - eps) * (lse - Z[sigma, kappa]) + eps * (lse - m + gap / V),
+            free,
+            sizes,
+            assumptions=ctx,
+            rewrite=sp.expand,
+            logits=(Z,),
+        ),
+    )
     local = (1 - eps) * (lse - Z[sigma, kappa]) + eps * (
         lse - sp.Sum(Z[1, k], (k, 1, V_l)) / V_l
     )
@@ -320,6 +360,7 @@ def shards() -> Derivation:
         "The local-size variant depends on the shard and on S: "
         + ("with one shard it is right, with two it is not." if one_shard else "wrong at S = 1.")
     )
+    out.formula("shard_gap", gap, (), (Z, m))
     out.formula(
         "shard_rest", sp.Sum((1 + R[s]) * sp.exp(M[s] - m), (s, 1, S_n)) - 1, (), (M, R, m)
     )
@@ -346,6 +387,16 @@ def shards() -> Derivation:
             total,
             {},
             sizes,
+            rewrite=sp.expand,
+            logits=(Z,),
+        ),
+        prove_identity(
+            "smoothing with the gap over the local size V_l",
+            loss,
+            (1 - eps) * (lse - Z[sigma, kappa]) + eps * (lse - m + gap / V_l),
+            free,
+            sizes,
+            assumptions=ctx,
             rewrite=sp.expand,
             logits=(Z,),
         ),

@@ -210,3 +210,49 @@ def test_blocked_path_through_the_public_functions():
     g = jax.grad(lambda z: jnp.sum(jnp.sin(jaxsce.logsumexp(z))))(z)
     g_ref = jax.grad(lambda z: jnp.sum(jnp.sin(jax.nn.logsumexp(z, axis=-1))))(z)
     np.testing.assert_allclose(g, g_ref, rtol=2e-6, atol=1e-12)
+
+
+# -- logits of any finite size ------------------------------------------------
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _far_below(a):
+    """The float32 just below ``a`` that is at least 300 under it (exp(-300) is 0)."""
+    b = np.float32(a)
+    while float(a) - float(b) < 300:
+        b = np.nextafter(b, np.float32(-np.inf))
+    return b
+
+
+@pytest.mark.parametrize(
+    "a", [2.0**31, 3e9, 2.0**40, 1e30, 3e38, -(2.0**31), -3e9, -1e30, -3.4e38]
+)
+def test_huge_logits_give_exact_results(a):
+    """Two logits 300 or more apart: the larger takes all the probability.
+
+    At ``|a| >= 2^31`` today's ``a - 128`` rounds back to ``a``; a clamp there
+    would make the row uniform (softmax 1/2, 1/2; loss log 2).
+    """
+    a = np.float32(a)
+    b = _far_below(a)
+    z = jnp.array([a, b])
+    gap = np.float32(np.float64(b) - np.float64(a))  # b - a, rounded once
+    np.testing.assert_array_equal(jaxsce.softmax(z), [1.0, 0.0])
+    np.testing.assert_array_equal(jaxsce.log_softmax(z), [0.0, gap])
+    assert jaxsce.logsumexp(z) == a
+    for label, want_loss, want_grad in [(0, 0.0, [0.0, 0.0]), (1, -gap, [1.0, -1.0])]:
+        loss, grad = jax.value_and_grad(jaxsce.softmax_cross_entropy_with_integer_labels)(
+            z, jnp.array(label)
+        )
+        assert loss == want_loss and np.all(grad == np.array(want_grad, np.float32))
+        onehot = jnp.eye(2, dtype=jnp.float32)[label]
+        assert jaxsce.softmax_cross_entropy(z, onehot) == want_loss
+
+
+def test_masked_entries_at_the_most_negative_float():
+    z = jnp.array([-_F32_MAX, 5.0, -jnp.inf])
+    where = jnp.array([True, False, True])
+    np.testing.assert_array_equal(jaxsce.softmax(z, where=where), [1.0, 0.0, 0.0])
+    assert jaxsce.logsumexp(z, where=where) == -_F32_MAX
+    assert jaxsce.softmax_cross_entropy_with_integer_labels(z, 0, where=where) == 0

@@ -218,3 +218,24 @@ def test_cache_key_follows_the_sources(tmp_path, monkeypatch):
     path = _all._cache_file()
     assert path.parent == tmp_path / "jaxsce-symbolic"
     assert path.name.endswith(".pickle") and len(path.stem) == 32
+
+
+def test_precompute_refuses_per_example_cotangents(x64):
+    """The refuted claim of the scaling derivation is why ``method="precompute"`` needs a
+    scalar loss: the library must refuse per-example cotangents rather than scale."""
+    from symbolic import _library
+
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(4, 3)))
+    weight = jnp.asarray(rng.normal(size=(3, 5)))
+    labels = jnp.asarray([0, 1, 2, 3])
+    if not _library.has_option(jaxsce_linear(), "method"):
+        pytest.skip("linear_softmax_cross_entropy has no `method` yet")
+    with pytest.raises(ValueError, match="precompute"):
+        _library.linear_vjp(hidden, weight, labels, jnp.ones(4), method="precompute")
+
+
+def jaxsce_linear():
+    import jaxsce
+
+    return jaxsce.linear_softmax_cross_entropy
