@@ -127,7 +127,7 @@ def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
     return (t.labels < 0) | (t.labels >= z.shape[-1])
 
 
-def _softcap(z: jax.Array, cap: float | None) -> jax.Array:
+def _softcap(z: jax.Array, cap: float | jax.Array | None) -> jax.Array:
     """Gemma 2's logit soft-capping ``cap * tanh(z / cap)`` (identity for None)."""
     return z if cap is None else cap * jnp.tanh(z / cap)
 
