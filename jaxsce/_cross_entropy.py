@@ -127,7 +127,7 @@ def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
     return (t.labels < 0) | (t.labels >= z.shape[-1])
 
 
-def _softcap(z: jax.Array, cap: float | None) -> jax.Array:
+def _softcap(z: jax.Array, cap: float | jax.Array | None) -> jax.Array:
     """Gemma 2's logit soft-capping ``cap * tanh(z / cap)`` (identity for None)."""
     return z if cap is None else cap * jnp.tanh(z / cap)
 
@@ -294,17 +294,11 @@ def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_l
         raise ValueError(f"{fname}: `z_loss` must be a finite number >= 0, got z_loss={z_loss!r}.")
 
 
-def _check_softcap(fname: str, logit_softcap) -> float | None:
-    """``logit_softcap`` as a float, or None; raises ValueError unless it is > 0 and finite."""
+def _check_softcap(fname: str, logit_softcap):
+    """``logit_softcap`` as ``(static float or None, array or None, valid)``."""
     if logit_softcap is None:
-        return None
-    ok = isinstance(logit_softcap, numbers.Real) and not isinstance(logit_softcap, bool)
-    if not ok or not (math.isfinite(float(logit_softcap)) and float(logit_softcap) > 0):
-        raise ValueError(
-            f"{fname}: `logit_softcap` must be None or a finite number > 0,"
-            f" got logit_softcap={logit_softcap!r}."
-        )
-    return float(logit_softcap)
+        return None, None, None
+    return _numeric_option(fname, "logit_softcap", logit_softcap)
 
 
 def _check_structure(fname, reduction, smoothing):
@@ -323,6 +317,7 @@ _NUMERIC = {
     "z_loss": (lambda x: (x >= 0) & (x < math.inf), "a finite number >= 0"),
     "normalizer": (lambda x: (x > 0) & (x < math.inf), "a finite number > 0"),
     "class_weights": (lambda x: (x >= 0) & (x < math.inf), "finite and non-negative"),
+    "logit_softcap": (lambda x: (x > 0) & (x < math.inf), "None or a finite number > 0"),
 }
 
 
@@ -343,15 +338,13 @@ def _numeric_option(fname: str, name: str, value):
     try:
         array = jnp.asarray(value)
     except TypeError:
-        raise TypeError(f"{fname}: `{name}` must be {expected}, got {name}={value!r}.") from None
-    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
-        raise TypeError(
-            f"{fname}: `{name}` must be a real number or a scalar array, got dtype {array.dtype}."
-        )
+        array = None
+    if array is None or not (
+        jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)
+    ):
+        raise ValueError(f"{fname}: `{name}` must be {expected}, got {name}={value!r}.")
     if array.shape != ():
-        raise ValueError(
-            f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}."
-        )
+        raise ValueError(f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}.")
     return None, array, check_array_option(fname, name, array, ok, expected)
 
 
@@ -476,7 +469,17 @@ def _num_valid_classes(where, z):
 
 
 def _finish(
-    ce, lse, correct, keep, weight, denominator, normalizer, valid, *, z_loss, reduction,
+    ce,
+    lse,
+    correct,
+    keep,
+    weight,
+    denominator,
+    normalizer,
+    valid,
+    *,
+    z_loss,
+    reduction,
     return_aux,
 ):
     """Adds the z-loss, drops ignored examples, weights and reduces.
@@ -511,6 +514,18 @@ def _finish(
     return loss, CrossEntropyAux(lse, z_term, correct & keep, count, denominator)
 
 
+def _traced_softcap(z: jax.Array, cap: jax.Array | None) -> jax.Array:
+    """A traced (array) soft-cap, applied before the fused rule and differentiated by JAX.
+
+    A Python-number cap goes into the fused rule instead (no N x C residual);
+    an array one costs one: the capped logits kept for the backward pass.
+    """
+    if cap is None:
+        return z
+    z = z.astype(compute_dtype(z.dtype))
+    return _softcap(z, cap.astype(z.dtype))
+
+
 def _has_class(where):
     """``(...,)`` examples with at least one valid class (all if ``where`` is None)."""
     return None if where is None else jnp.any(where, axis=-1)
@@ -540,6 +555,7 @@ def _integer_labels_impl(
     eps_array,
     zeta_array,
     valid,
+    cap_array,
     *,
     axis,
     ignore_index,
@@ -551,7 +567,7 @@ def _integer_labels_impl(
     fused,
     logit_softcap,
 ):
-    z = classes_last(logits, axis)
+    z = _traced_softcap(classes_last(logits, axis), cap_array)
     where = None if where is None else classes_last(where, axis)
     cd = compute_dtype(logits.dtype)
     num_classes = z.shape[-1]
@@ -634,6 +650,7 @@ def _probabilities_impl(
     eps_array,
     zeta_array,
     valid,
+    cap_array,
     *,
     axis,
     reduction,
@@ -643,7 +660,7 @@ def _probabilities_impl(
     fused,
     logit_softcap,
 ):
-    z = classes_last(logits, axis)
+    z = _traced_softcap(classes_last(logits, axis), cap_array)
     where = None if where is None else classes_last(where, axis)
     cd = compute_dtype(logits.dtype)
     given = classes_last(labels, axis)
@@ -703,7 +720,7 @@ def softmax_cross_entropy_with_integer_labels(
     z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
-    logit_softcap: float | None = None,
+    logit_softcap: ArrayLike | None = None,
 ):
     r"""Softmax cross-entropy with class-index labels; a drop-in for optax's.
 
@@ -730,7 +747,7 @@ def softmax_cross_entropy_with_integer_labels(
     ``jax.jvp(jax.grad(f), ...)`` and ``jax.grad`` of ``jax.grad``.
 
     Numeric options (``label_smoothing``, ``z_loss``, ``normalizer``,
-    ``class_weights``, ``sample_weights``) may be arrays, traced ones too (a
+    ``class_weights``, ``sample_weights``, ``logit_softcap``) may be arrays, traced ones too (a
     schedule inside a jitted step). A Python number is specialised on (0 adds
     no work); an array is an argument of the compiled function. A concrete
     value out of range raises ``ValueError`` at once; a traced one cannot, so
@@ -782,7 +799,9 @@ def softmax_cross_entropy_with_integer_labels(
       logit_softcap: ``c > 0`` to soft-cap the logits first, ``z <- c tanh(z / c)``
         (Gemma 2's ``final_logit_softcapping``); the fused gradient includes
         the factor ``1 - tanh^2(z / c)``. Default None: no cap. A capped
-        ``-inf`` logit is ``-c``; mask classes with ``where`` instead.
+        ``-inf`` logit is ``-c``; mask classes with ``where`` instead. An
+        array (a traced one too) works as well; it is applied before the
+        fused rule, which then keeps the capped logits (one N x C residual).
 
     Returns:
       The loss: ``(...)`` per example for ``reduction="none"``, else a scalar;
@@ -826,7 +845,7 @@ def softmax_cross_entropy_with_integer_labels(
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"{fname}: `ignore_index` must be an int or None, got {ignore_index!r}.")
-    logit_softcap = _check_softcap(fname, logit_softcap)
+    logit_softcap, cap_array, cap_valid = _check_softcap(fname, logit_softcap)
     eps, eps_array, eps_valid = _numeric_option(fname, "label_smoothing", label_smoothing)
     zeta, zeta_array, zeta_valid = _numeric_option(fname, "z_loss", z_loss)
     normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
@@ -842,7 +861,8 @@ def softmax_cross_entropy_with_integer_labels(
         normalizer,
         eps_array,
         zeta_array,
-        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid),
+        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid, cap_valid),
+        cap_array,
         axis=axes,
         ignore_index=None if ignore_index is None else int(ignore_index),
         reduction=reduction,
@@ -869,7 +889,7 @@ def softmax_cross_entropy(
     z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
-    logit_softcap: float | None = None,
+    logit_softcap: ArrayLike | None = None,
 ):
     r"""Softmax cross-entropy with probability (soft) targets; a drop-in for optax's.
 
@@ -947,7 +967,7 @@ def softmax_cross_entropy(
     normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
     if class_weights is not None and len(axes) > 1:
         raise ValueError(f"{fname}: `class_weights` need a single class axis, got axis={axis}.")
-    logit_softcap = _check_softcap(fname, logit_softcap)
+    logit_softcap, cap_array, cap_valid = _check_softcap(fname, logit_softcap)
     class_weights, cw_valid = _check_class_weights(fname, class_weights, num_classes)
     return _probabilities_impl(
         logits,
@@ -958,7 +978,8 @@ def softmax_cross_entropy(
         normalizer,
         eps_array,
         zeta_array,
-        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid),
+        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid, cap_valid),
+        cap_array,
         axis=axes,
         reduction=reduction,
         label_smoothing=eps,
