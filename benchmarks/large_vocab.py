@@ -24,6 +24,7 @@ import functools
 import os
 import platform
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -45,7 +46,9 @@ def precompute(hidden, weight, labels):
 
 
 def recompute(hidden, weight, labels):
-    return linear_softmax_cross_entropy(hidden, weight, labels, reduction="mean", method="recompute")
+    return linear_softmax_cross_entropy(
+        hidden, weight, labels, reduction="mean", method="recompute"
+    )
 
 
 def unfused_jaxsce(hidden, weight, labels):
@@ -283,13 +286,21 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.large_vocab", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--quick", action="store_true", help="3 timed rounds, V=32768 only, no chunk sizes"
     )
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds")
+    parser.add_argument(
+        "--no-chunk-sweep", action="store_true", help="skip the chunk sizes of 'recompute'"
+    )
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.large_vocab" + (
+        " " + " ".join(argv) if argv else ""
+    )
     if args.quick:
         run(
             timed_vocabs=(32768,),
@@ -299,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             command="python -m benchmarks.large_vocab --quick",
         )
     else:
-        run()
+        run(
+            repeats=args.repeats,
+            chunk_sizes=() if args.no_chunk_sweep else (1024, 2048, 4096),
+            command=command,
+        )
 
 
 if __name__ == "__main__":

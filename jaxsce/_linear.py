@@ -43,7 +43,7 @@ from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_r
 
 # Default number of vocabulary columns per chunk of the "recompute" method. The
 # temporaries of one step are a few (N, chunk_size) float32 arrays: at N = 2048,
-# D = 1024 XLA's CPU backend reports 40 MiB, whatever V is (32 MiB at 1024
+# D = 1024 XLA's CPU backend reported 40 MiB, whatever V is (32 MiB at 1024
 # columns, 64 MiB at 4096). 2048 is the widest of these under 64 MB; `python -m
 # benchmarks.large_vocab` times all three (within a few percent of each other,
 # wider chunks a little faster).
@@ -51,7 +51,7 @@ DEFAULT_CHUNK_SIZE = 2048
 
 # "precompute": rows per block are chosen so that one block's float32 logits
 # take at most this many bytes (at least one row).
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = 40 * 2**20
 
 # method="auto" takes "precompute" (for reduction "sum" or "mean") when the
 # float32 weight-gradient buffer it keeps between the passes is at most this.
@@ -651,10 +651,16 @@ _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
 def _block_rows(n: int, v_local: int) -> int:
-    """Rows per block: one block's float32 logits within :data:`BLOCK_BYTES`."""
-    b = max(1, BLOCK_BYTES // (4 * v_local))
+    """Rows per block: one block's float32 logits within :data:`BLOCK_BYTES`.
+
+    The fewest blocks that fit, made about equal (a multiple of 8 rows where
+    that still fits), so that the last block overlaps its predecessor little.
+    """
+    b_max = max(1, BLOCK_BYTES // (4 * v_local))
+    n_blocks = -(-n // b_max)
+    b = -(-n // max(n_blocks, 1))
     if b >= 8:
-        b -= b % 8
+        b = min(b_max, -(-b // 8) * 8)
     return max(1, min(b, n))
 
 
@@ -986,7 +992,7 @@ def linear_softmax_cross_entropy(
         recomputes each chunk's logits in the backward pass (four ``N D V``
         products, any cotangent). ``"precompute"`` computes all gradients in
         the forward pass over blocks of rows whose logits take at most
-        ``BLOCK_BYTES`` (32 MiB) and scales them by the cotangent in the
+        ``BLOCK_BYTES`` (40 MiB) and scales them by the cotangent in the
         backward pass (three products; only for ``reduction="sum"`` or
         ``"mean"``; keeps one float32 gradient of the weight's size, plus
         ``hidden``'s, between the passes). Without a gradient both run the

@@ -159,10 +159,19 @@ def vocab_parallel_softmax_cross_entropy(
       reduction: as in :func:`jaxsce.linear_softmax_cross_entropy`.
       label_smoothing: as in :func:`jaxsce.linear_softmax_cross_entropy`.
       z_loss: as in :func:`jaxsce.linear_softmax_cross_entropy`.
+      logit_softcap: as in :func:`jaxsce.linear_softmax_cross_entropy`.
+      return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`.
 
     Returns:
       Per-example loss (float32, shape ``labels.shape``) or its reduction,
       identical on every shard; the gradient has ``local_logits``' dtype.
+      With ``return_aux=True``, ``(loss, LinearCrossEntropyAux)``.
+
+    Meshes: ``labels`` and the logits' rows may be sharded over other mesh
+    axes (a data x vocab mesh). Under ``shard_map(..., check_vma=False)`` the
+    backward pass sums the loss's cotangent over ``axis_name`` (one O(N)
+    all-reduce), as autodiff of the forward ``psum`` would. Under
+    ``jax.vmap(axis_name=...)`` values work; gradients raise a ValueError.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -252,12 +261,18 @@ def vocab_parallel_linear_softmax_cross_entropy(
       labels: global integer labels, shape ``hidden.shape[:-1]``.
       axis_name: the mesh axis the vocabulary is sharded over.
       local_bias: optional ``(V / S,)`` slice of the bias.
-      ignore_index, reduction, label_smoothing, z_loss, chunk_size: as in
-        :func:`jaxsce.linear_softmax_cross_entropy`.
+      ignore_index, reduction, label_smoothing, z_loss, logit_softcap, chunk_size,
+        method, return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`
+        (``"precompute"`` adds two O(N) all-reduces per block of rows).
 
     Returns:
       Per-example loss (shape ``labels.shape``) or its reduction, identical on
-      every shard.
+      every shard; with ``return_aux=True``, ``(loss, LinearCrossEntropyAux)``.
+
+    Meshes: ``hidden`` and ``labels`` may be sharded over other mesh axes (a
+    data x vocab mesh); the weight gradient is then summed over them. Under
+    ``shard_map(..., check_vma=False)`` the backward pass sums the loss's
+    cotangent over ``axis_name`` instead of the ``hidden`` gradient.
 
     Examples:
       >>> import jax, jax.numpy as jnp
