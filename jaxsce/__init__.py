@@ -6,6 +6,7 @@ from jaxsce._cross_entropy import softmax_cross_entropy as softmax_cross_entropy
 from jaxsce._cross_entropy import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
+from jaxsce._linear import LinearCrossEntropyAux as LinearCrossEntropyAux
 from jaxsce._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxsce._logsumexp import log_softmax as log_softmax
 from jaxsce._logsumexp import logsumexp as logsumexp

@@ -127,7 +127,7 @@ def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
     return (t.labels < 0) | (t.labels >= z.shape[-1])
 
 
-def _softcap(z: jax.Array, cap: float | None) -> jax.Array:
+def _softcap(z: jax.Array, cap: float | jax.Array | None) -> jax.Array:
     """Gemma 2's logit soft-capping ``cap * tanh(z / cap)`` (identity for None)."""
     return z if cap is None else cap * jnp.tanh(z / cap)
 
@@ -207,6 +207,9 @@ def _xent_bwd(cap, res, g):
     dz = ((e * k - g_ce * y) - g_ce * y * rest) / (1 + rest)
     dz = jnp.where(empty[..., None], 0.0, dz)
     dz = jnp.where(_bad_labels(t, z)[..., None], jnp.nan, dz)
+    # A row whose loss does not reach the output (ignored, weight 0) has a
+    # gradient of exactly 0, NaN or inf logits included.
+    dz = jnp.where((g_ce == 0) & (g_lse == 0), 0.0, dz)
     if where is not None:
         dz = jnp.where(where, dz, 0.0)
     if cap is not None:
@@ -294,17 +297,11 @@ def _check_options(fname, reduction, normalizer, label_smoothing, smoothing, z_l
         raise ValueError(f"{fname}: `z_loss` must be a finite number >= 0, got z_loss={z_loss!r}.")
 
 
-def _check_softcap(fname: str, logit_softcap) -> float | None:
-    """``logit_softcap`` as a float, or None; raises ValueError unless it is > 0 and finite."""
+def _check_softcap(fname: str, logit_softcap):
+    """``logit_softcap`` as ``(static float or None, array or None, valid)``."""
     if logit_softcap is None:
-        return None
-    ok = isinstance(logit_softcap, numbers.Real) and not isinstance(logit_softcap, bool)
-    if not ok or not (math.isfinite(float(logit_softcap)) and float(logit_softcap) > 0):
-        raise ValueError(
-            f"{fname}: `logit_softcap` must be None or a finite number > 0,"
-            f" got logit_softcap={logit_softcap!r}."
-        )
-    return float(logit_softcap)
+        return None, None, None
+    return _numeric_option(fname, "logit_softcap", logit_softcap)
 
 
 def _check_structure(fname, reduction, smoothing):
@@ -323,6 +320,7 @@ _NUMERIC = {
     "z_loss": (lambda x: (x >= 0) & (x < math.inf), "a finite number >= 0"),
     "normalizer": (lambda x: (x > 0) & (x < math.inf), "a finite number > 0"),
     "class_weights": (lambda x: (x >= 0) & (x < math.inf), "finite and non-negative"),
+    "logit_softcap": (lambda x: (x > 0) & (x < math.inf), "None or a finite number > 0"),
 }
 
 
@@ -343,15 +341,13 @@ def _numeric_option(fname: str, name: str, value):
     try:
         array = jnp.asarray(value)
     except TypeError:
-        raise TypeError(f"{fname}: `{name}` must be {expected}, got {name}={value!r}.") from None
-    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
-        raise TypeError(
-            f"{fname}: `{name}` must be a real number or a scalar array, got dtype {array.dtype}."
-        )
+        array = None
+    if array is None or not (
+        jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)
+    ):
+        raise ValueError(f"{fname}: `{name}` must be {expected}, got {name}={value!r}.")
     if array.shape != ():
-        raise ValueError(
-            f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}."
-        )
+        raise ValueError(f"{fname}: `{name}` must be a scalar (shape ()), got shape {array.shape}.")
     return None, array, check_array_option(fname, name, array, ok, expected)
 
 
@@ -476,7 +472,17 @@ def _num_valid_classes(where, z):
 
 
 def _finish(
-    ce, lse, correct, keep, weight, denominator, normalizer, valid, *, z_loss, reduction,
+    ce,
+    lse,
+    correct,
+    keep,
+    weight,
+    denominator,
+    normalizer,
+    valid,
+    *,
+    z_loss,
+    reduction,
     return_aux,
 ):
     """Adds the z-loss, drops ignored examples, weights and reduces.
@@ -488,7 +494,7 @@ def _finish(
     if isinstance(z_loss, float) and z_loss == 0:
         z_term = jnp.zeros_like(ce)
     else:
-        z_term = jnp.where(keep, z_loss * lse**2, 0.0)
+        z_term = z_loss * jnp.where(keep, lse, 0.0) ** 2  # no 0 * NaN from ignored rows
     loss = jnp.where(keep, ce + z_term, 0.0)
     if weight is not None:
         loss = _xmul(weight, loss)  # a weight of 0 zeroes an infinite loss too
@@ -509,6 +515,18 @@ def _finish(
         return loss
     count = jnp.sum(keep.astype(ce.dtype))
     return loss, CrossEntropyAux(lse, z_term, correct & keep, count, denominator)
+
+
+def _traced_softcap(z: jax.Array, cap: jax.Array | None) -> jax.Array:
+    """A traced (array) soft-cap, applied before the fused rule and differentiated by JAX.
+
+    A Python-number cap goes into the fused rule instead (no N x C residual);
+    an array one costs one: the capped logits kept for the backward pass.
+    """
+    if cap is None:
+        return z
+    z = z.astype(compute_dtype(z.dtype))
+    return _softcap(z, cap.astype(z.dtype))
 
 
 def _has_class(where):
@@ -540,6 +558,7 @@ def _integer_labels_impl(
     eps_array,
     zeta_array,
     valid,
+    cap_array,
     *,
     axis,
     ignore_index,
@@ -551,7 +570,7 @@ def _integer_labels_impl(
     fused,
     logit_softcap,
 ):
-    z = classes_last(logits, axis)
+    z = _traced_softcap(classes_last(logits, axis), cap_array)
     where = None if where is None else classes_last(where, axis)
     cd = compute_dtype(logits.dtype)
     num_classes = z.shape[-1]
@@ -587,6 +606,9 @@ def _integer_labels_impl(
                 jax.scipy.special.xlogy(1 - eps, 1 - eps)
                 + (n - 1) * jax.scipy.special.xlogy(low, low)
             )
+    if not fused and (ignore_index is not None or where is not None):
+        # The plain formulation: JAX would carry 0 * NaN from an ignored row.
+        z = jnp.where(keep[..., None], z, jnp.zeros((), z.dtype))
     ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
     if smoothing == "t5x" and smoothed:
         ce = ce - entropy
@@ -634,6 +656,7 @@ def _probabilities_impl(
     eps_array,
     zeta_array,
     valid,
+    cap_array,
     *,
     axis,
     reduction,
@@ -643,7 +666,7 @@ def _probabilities_impl(
     fused,
     logit_softcap,
 ):
-    z = classes_last(logits, axis)
+    z = _traced_softcap(classes_last(logits, axis), cap_array)
     where = None if where is None else classes_last(where, axis)
     cd = compute_dtype(logits.dtype)
     given = classes_last(labels, axis)
@@ -703,7 +726,7 @@ def softmax_cross_entropy_with_integer_labels(
     z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
-    logit_softcap: float | None = None,
+    logit_softcap: ArrayLike | None = None,
 ):
     r"""Softmax cross-entropy with class-index labels; a drop-in for optax's.
 
@@ -730,7 +753,7 @@ def softmax_cross_entropy_with_integer_labels(
     ``jax.jvp(jax.grad(f), ...)`` and ``jax.grad`` of ``jax.grad``.
 
     Numeric options (``label_smoothing``, ``z_loss``, ``normalizer``,
-    ``class_weights``, ``sample_weights``) may be arrays, traced ones too (a
+    ``class_weights``, ``sample_weights``, ``logit_softcap``) may be arrays, traced ones too (a
     schedule inside a jitted step). A Python number is specialised on (0 adds
     no work); an array is an argument of the compiled function. A concrete
     value out of range raises ``ValueError`` at once; a traced one cannot, so
@@ -782,7 +805,9 @@ def softmax_cross_entropy_with_integer_labels(
       logit_softcap: ``c > 0`` to soft-cap the logits first, ``z <- c tanh(z / c)``
         (Gemma 2's ``final_logit_softcapping``); the fused gradient includes
         the factor ``1 - tanh^2(z / c)``. Default None: no cap. A capped
-        ``-inf`` logit is ``-c``; mask classes with ``where`` instead.
+        ``-inf`` logit is ``-c``; mask classes with ``where`` instead. An
+        array (a traced one too) works as well; it is applied before the
+        fused rule, which then keeps the capped logits (one N x C residual).
 
     Returns:
       The loss: ``(...)`` per example for ``reduction="none"``, else a scalar;
@@ -792,7 +817,7 @@ def softmax_cross_entropy_with_integer_labels(
       a label on a masked or ``-inf`` class gives ``+inf``; ``-inf`` logits on
       other classes give a finite loss and a zero gradient there; a row of
       ``-inf`` logits gives ``+inf`` and a zero gradient; NaN or ``+inf``
-      logits give NaN (in an ignored example: loss 0, gradient row NaN). An
+      logits give NaN (in an ignored example: loss 0 and gradient 0). An
       empty batch gives an empty result (sum and mean: 0).
 
     Examples:
@@ -826,7 +851,7 @@ def softmax_cross_entropy_with_integer_labels(
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"{fname}: `ignore_index` must be an int or None, got {ignore_index!r}.")
-    logit_softcap = _check_softcap(fname, logit_softcap)
+    logit_softcap, cap_array, cap_valid = _check_softcap(fname, logit_softcap)
     eps, eps_array, eps_valid = _numeric_option(fname, "label_smoothing", label_smoothing)
     zeta, zeta_array, zeta_valid = _numeric_option(fname, "z_loss", z_loss)
     normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
@@ -842,7 +867,8 @@ def softmax_cross_entropy_with_integer_labels(
         normalizer,
         eps_array,
         zeta_array,
-        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid),
+        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid, cap_valid),
+        cap_array,
         axis=axes,
         ignore_index=None if ignore_index is None else int(ignore_index),
         reduction=reduction,
@@ -869,7 +895,7 @@ def softmax_cross_entropy(
     z_loss: ArrayLike = 0.0,
     return_aux: bool = False,
     fused: bool = True,
-    logit_softcap: float | None = None,
+    logit_softcap: ArrayLike | None = None,
 ):
     r"""Softmax cross-entropy with probability (soft) targets; a drop-in for optax's.
 
@@ -947,7 +973,7 @@ def softmax_cross_entropy(
     normalizer, norm_valid = _check_normalizer(fname, normalizer, reduction)
     if class_weights is not None and len(axes) > 1:
         raise ValueError(f"{fname}: `class_weights` need a single class axis, got axis={axis}.")
-    logit_softcap = _check_softcap(fname, logit_softcap)
+    logit_softcap, cap_array, cap_valid = _check_softcap(fname, logit_softcap)
     class_weights, cw_valid = _check_class_weights(fname, class_weights, num_classes)
     return _probabilities_impl(
         logits,
@@ -958,7 +984,8 @@ def softmax_cross_entropy(
         normalizer,
         eps_array,
         zeta_array,
-        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid),
+        _all_valid(eps_valid, zeta_valid, norm_valid, cw_valid, cap_valid),
+        cap_array,
         axis=axes,
         reduction=reduction,
         label_smoothing=eps,

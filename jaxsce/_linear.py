@@ -3,26 +3,36 @@ r"""Fused linear layer + softmax cross-entropy that never builds the N x V logit
 The logits :math:`Z = X W + b` of a language model's output layer have one row
 per token and one column per vocabulary entry. For :math:`N` tokens and a
 vocabulary of :math:`V` entries they, and their gradient, dominate training
-memory. Here the vocabulary is walked in chunks of ``chunk_size`` columns:
+memory. Two methods avoid them:
 
-* forward: an online log-sum-exp over the chunks keeps, per example, the
+* ``"recompute"`` walks the vocabulary in chunks of ``chunk_size`` columns.
+  Forward: an online log-sum-exp over the chunks keeps, per example, the
   largest logit :math:`m` and the rest :math:`r = \sum_{k \ne \arg\max} e^{z_k - m}`
   (so :math:`\operatorname{lse} = m + \operatorname{log1p}(r)`), and the label's
-  logit; only these O(N) values are saved for the backward pass;
-* backward: each chunk's logits are recomputed, :math:`P - Y` is formed for
-  the chunk, :math:`\nabla_X \mathrel{+}= (P - Y) W_c^\top` accumulates in
-  float32 and :math:`\nabla_{W_c} = X^\top (P - Y)` is written into its slot
-  of the weight gradient (seed 002: :math:`\nabla_\theta = X^\top (Z - I_y)`).
+  logit; only these O(N) values are saved. Backward: each chunk's logits are
+  recomputed, :math:`P - Y` is formed for the chunk, :math:`\nabla_X \mathrel{+}=
+  (P - Y) W_c^\top` accumulates in float32 and :math:`\nabla_{W_c} = X^\top (P - Y)`
+  is written into its slot of the weight gradient (seed 002). Four products of
+  size N x D x V; any cotangent, per example or not.
+* ``"precompute"`` (Liger Kernel's approach) walks the *rows* in blocks whose
+  logits fit in :data:`BLOCK_BYTES`: for each block it computes the whole
+  rows' log-sum-exp, the loss and :math:`P - Y`, then the block's share of all
+  three gradients, during the forward pass. The backward pass only multiplies
+  them by the scalar cotangent. Three products, but only for a scalar loss
+  (``reduction="sum"`` or ``"mean"``) and at the price of one weight-sized
+  gradient buffer kept between the passes. A call that takes no gradient
+  runs the forward statistics only (one product).
 
-The same custom rule serves the vocab-parallel version
-(:mod:`jaxsce._vocab_parallel`), where every device holds a slice of the
-vocabulary: it then adds the two O(N) all-reduces of Megatron-LM's algorithm
-to the forward pass and one N x D all-reduce to the backward pass.
+The same rules serve the vocab-parallel version (:mod:`jaxsce._vocab_parallel`),
+where every device holds a slice of the vocabulary: the forward pass adds the
+two O(N) all-reduces of Megatron-LM's algorithm.
 """
 
 import functools
+import math
+import numbers
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +41,51 @@ from jax import lax
 from jaxsce._cross_entropy import _check_options as check_loss_options
 from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_rest
 
-# Default number of vocabulary columns per chunk. The temporaries of one step
-# are a few (N, chunk_size) float32 arrays: at N = 2048, D = 1024 XLA's CPU
-# backend reports 40 MiB, whatever V is (32 MiB at 1024 columns, 64 MiB at
-# 4096). 2048 is the widest of these under 64 MB; `python -m
+# Default number of vocabulary columns per chunk of the "recompute" method. The
+# temporaries of one step are a few (N, chunk_size) float32 arrays: at N = 2048,
+# D = 1024 XLA's CPU backend reported 40 MiB, whatever V is (32 MiB at 1024
+# columns, 64 MiB at 4096). 2048 is the widest of these under 64 MB; `python -m
 # benchmarks.large_vocab` times all three (within a few percent of each other,
 # wider chunks a little faster).
 DEFAULT_CHUNK_SIZE = 2048
+
+# "precompute": rows per block are chosen so that one block's float32 logits
+# take at most this many bytes (at least one row).
+BLOCK_BYTES = 40 * 2**20
+
+# method="auto" takes "precompute" (for reduction "sum" or "mean") when the
+# float32 weight-gradient buffer it keeps between the passes is at most this.
+AUTO_PRECOMPUTE_MAX_BYTES = 2**30
+
+METHODS = ("auto", "recompute", "precompute")
+
+
+class LinearCrossEntropyAux(NamedTuple):
+    """Per-example values returned with ``return_aux=True`` by the fused losses.
+
+    Attributes:
+      logsumexp: ``(...,)`` ``lse(z)`` of each example's (soft-capped) logits;
+        differentiable. 0 for ignored examples.
+      label_logprob: ``(...,)`` ``log p_y = z_y - lse(z)``; differentiable. 0
+        for ignored examples, NaN for labels outside ``[0, V)``.
+      correct: ``(...,)`` bool, the label holds the largest logit (ties count
+        as correct); False for ignored and bad labels.
+    """
+
+    logsumexp: jax.Array
+    label_logprob: jax.Array
+    correct: jax.Array
+
+
+class _Static(NamedTuple):
+    """The static options of the fused rules (hashable)."""
+
+    chunk_size: int
+    axis_name: Hashable | None
+    ignore_index: int | None
+    label_smoothing: float
+    z_loss: float
+    logit_softcap: float | None
 
 
 # --------------------------------------------------------------------------
@@ -68,10 +116,58 @@ def _merge_max_and_rest(
     return high, rest_new
 
 
+def _finite_max(m: jax.Array) -> jax.Array:
+    """The reference point of the smoothing gap: the max, or 0 where it is ``-inf``."""
+    return jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
+
+
+def _merge_gap(
+    gap: jax.Array,
+    n: Any,
+    m: jax.Array,
+    gap_c: jax.Array,
+    n_c: Any,
+    m_c: jax.Array,
+    m_new: jax.Array,
+) -> jax.Array:
+    r"""Merges the smoothing gaps of two disjoint sets of ``n`` and ``n_c`` logits.
+
+    The gap of a set is :math:`g = \sum_k (M - z_k) \ge 0`, with :math:`M` its
+    largest logit (0 when that is :math:`-\infty`). With :math:`M'` the
+    largest of the union,
+
+    .. math::
+      g \oplus g_c = g + n\,(M' - M) + g_c + n_c\,(M' - M_c),
+
+    a sum of non-negative terms, so that :math:`m - \bar z = g / V` keeps its
+    relative accuracy whatever common offset the logits have (the sum of the
+    logits themselves loses it).
+    """
+    big = _finite_max(m_new)
+    return gap + n * (big - _finite_max(m)) + gap_c + n_c * (big - _finite_max(m_c))
+
+
+def _softcap(z: jax.Array, cap: float | None) -> jax.Array:
+    r"""Gemma 2's soft cap :math:`c \tanh(z / c)` (identity when ``cap`` is None)."""
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def _softcap_grad(d: jax.Array, z_raw: jax.Array, cap: float | None) -> jax.Array:
+    r"""Chain rule through the soft cap: :math:`\partial/\partial z_{raw} = d\,(1 - t^2)`.
+
+    With :math:`t = \tanh(z_{raw} / c)`, written :math:`(1 - t)(1 + t)`, exact
+    in its factors for :math:`|t| \ge 1/2`.
+    """
+    if cap is None:
+        return d
+    t = jnp.tanh(z_raw / cap)
+    return d * ((1.0 - t) * (1.0 + t))
+
+
 def _chunk_stats(
-    z: jax.Array, cols: jax.Array, labels: jax.Array, valid: jax.Array | None, with_sum: bool
+    z: jax.Array, cols: jax.Array, labels: jax.Array, valid: jax.Array | None, with_gap: bool
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(max, rest, label logit or 0, sum of logits or 0) of one chunk of logits ``(N, C)``.
+    """(max, rest, label logit or 0, smoothing gap or 0) of one chunk of logits ``(N, C)``.
 
     The max is ``-inf`` in rows with no finite logit in the chunk (rest 0).
     """
@@ -81,12 +177,14 @@ def _chunk_stats(
     if valid is not None:
         is_label = is_label & valid[None, :]
     zy_c = jnp.sum(jnp.where(is_label, z, 0.0), axis=-1)
-    if with_sum:
-        z_valid = z if valid is None else jnp.where(valid[None, :], z, 0.0)
-        zsum_c = jnp.sum(z_valid, axis=-1)
+    if with_gap:
+        below = _finite_max(m_c)[:, None] - z
+        if valid is not None:
+            below = jnp.where(valid[None, :], below, 0.0)
+        gap_c = jnp.sum(below, axis=-1)
     else:
-        zsum_c = jnp.zeros_like(m_c)
-    return m_c, rest_c, zy_c, zsum_c
+        gap_c = jnp.zeros_like(m_c)
+    return m_c, rest_c, zy_c, gap_c
 
 
 def _chunk_dlogits(
@@ -99,23 +197,26 @@ def _chunk_dlogits(
     label_smoothing: float,
     z_loss: float,
 ) -> jax.Array:
-    r"""Gradient of the per-example losses with respect to one chunk of logits.
+    r"""Gradient of the per-example outputs with respect to one chunk of logits.
 
     .. math::
-      \frac{\partial \ell}{\partial z_k} = g \bigl(p_k (1 + 2 \zeta \operatorname{lse})
-      - q_k\bigr), \qquad q = (1 - \varepsilon)\, e_y + \varepsilon / V,
+      \frac{\partial}{\partial z_k} = g \bigl(p_k (1 + 2 \zeta \operatorname{lse})
+      - q_k\bigr) + h\,p_k + u\,([k = y] - p_k), \qquad
+      q = (1 - \varepsilon)\, e_y + \varepsilon / V,
 
-    written as :math:`(p_k - [k = y]) + 2\zeta\operatorname{lse}\,p_k
-    + \varepsilon([k = y] - 1/V)`, where :math:`p_y - 1 = -r / (1 + r)` when
-    the label holds the largest logit (no cancellation for confident
-    predictions).
+    for the cotangents :math:`g` of the loss, :math:`h` of the log-sum-exp and
+    :math:`u` of the label's log-probability. The loss part is written as
+    :math:`(p_k - [k = y]) + 2\zeta\operatorname{lse}\,p_k + \varepsilon([k = y]
+    - 1/V)`, where :math:`p_y - 1 = -r / (1 + r)` when the label holds the
+    largest logit (no cancellation for confident predictions).
 
     Args:
-      z: chunk logits ``(N, C)`` in the accumulation dtype.
+      z: chunk logits ``(N, C)`` in the accumulation dtype (soft-capped).
       cols: vocabulary index of each column ``(C,)``, same numbering as ``labels``.
       labels: ``(N,)``.
       row: per-example values ``m``, ``rest``, ``lse``, ``y_is_max``, ``scale``
-        (cotangent, 0 for examples that give no gradient, NaN for bad labels).
+        (cotangent g, 0 for examples that give no gradient, NaN for bad
+        labels) and optionally ``lse_scale`` (h) and ``logp_scale`` (u).
       valid: ``(C,)`` mask of the columns this chunk owns, or None for all.
       num_classes: full vocabulary size ``V``.
       label_smoothing: ``eps``.
@@ -138,6 +239,9 @@ def _chunk_dlogits(
     if label_smoothing:
         d = d + label_smoothing * (is_label.astype(z.dtype) - 1.0 / num_classes)
     d = d * row["scale"][:, None]
+    if "lse_scale" in row:
+        # h p + u (y - p), with the accurate p - y
+        d = d + row["lse_scale"][:, None] * p - row["logp_scale"][:, None] * p_minus_y
     if valid is not None:
         d = jnp.where(valid[None, :], d, 0.0)
     return d
@@ -147,7 +251,7 @@ def _example_losses(
     m: jax.Array,
     rest: jax.Array,
     m_minus_zy: jax.Array,
-    zsum: jax.Array,
+    gap: jax.Array,
     num_classes: int,
     label_smoothing: float,
     z_loss: float,
@@ -156,13 +260,15 @@ def _example_losses(
 
     .. math::
       \ell = (1 - \varepsilon)\bigl((m - z_y) + \operatorname{log1p}(r)\bigr)
-      + \varepsilon\bigl(m - \bar z + \operatorname{log1p}(r)\bigr)
-      + \zeta\,(m + \operatorname{log1p}(r))^2
+      + \varepsilon\bigl(g / V + \operatorname{log1p}(r)\bigr)
+      + \zeta\,(m + \operatorname{log1p}(r))^2,
+
+    with the gap :math:`g = \sum_k (m - z_k)`, so :math:`g / V = m - \bar z`.
     """
     log1p_rest = jnp.log1p(rest)
     loss = m_minus_zy + log1p_rest
     if label_smoothing:
-        smooth = (m - zsum / num_classes) + log1p_rest
+        smooth = gap / num_classes + log1p_rest
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
         loss = loss + z_loss * jnp.square(m + log1p_rest)
@@ -173,12 +279,13 @@ def _combine_shards(
     m_l: jax.Array,
     rest_l: jax.Array,
     zy_l: jax.Array,
-    zsum_l: jax.Array,
+    gap_l: jax.Array,
+    v_local: int,
     owned: jax.Array,
     axis_name: Hashable | None,
-    with_sum: bool,
+    with_gap: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    r"""Global (max, rest, m - z_y, sum of logits) from each shard's local values.
+    r"""Global (max, rest, m - z_y, smoothing gap) from each shard's local values.
 
     Without ``axis_name`` the local values are the global ones. With it
     (Megatron-LM's algorithm), exactly two all-reduces of O(N): a max, then a
@@ -186,36 +293,38 @@ def _combine_shards(
 
     .. math::
       b_s = \begin{cases} r_s & m_s = m \\ (1 + r_s)\, e^{m_s - m} & m_s < m \end{cases},
-      \quad a_s = [m_s = m], \quad [y \in s]\,(m - z_y), \quad \textstyle\sum z,
+      \quad a_s = [m_s = m], \quad [y \in s]\,(m - z_y), \quad g_s + n_s (M - M_s),
 
-    giving :math:`r = \sum_s b_s + (\sum_s a_s - 1)` with the ``- 1`` exact.
+    giving :math:`r = \sum_s b_s + (\sum_s a_s - 1)` with the ``- 1`` exact, and
+    the gap of :func:`_merge_gap` over the whole vocabulary (each shard holds
+    :math:`n_s` = ``v_local`` classes; the loss divides it by the global
+    :math:`V = \sum_s n_s`).
     """
     if axis_name is None:
         m_minus_zy = jnp.where(owned, m_l - zy_l, 0.0)
-        return m_l, rest_l, m_minus_zy, zsum_l
+        return m_l, rest_l, m_minus_zy, gap_l
     m = lax.pmax(m_l, axis_name)
     top = m_l == m
     b = jnp.where(top, rest_l, (1.0 + rest_l) * exp_shifted(m_l, m))
     a = top.astype(rest_l.dtype)
     m_minus_zy = jnp.where(owned, m - zy_l, 0.0)
-    parts = [b, a, m_minus_zy] + ([zsum_l] if with_sum else [])
+    parts = [b, a, m_minus_zy]
+    if with_gap:
+        parts.append(gap_l + v_local * (_finite_max(m) - _finite_max(m_l)))
     total = lax.psum(jnp.stack(parts), axis_name)
     rest = total[0] + (total[1] - 1.0)
-    zsum = total[3] if with_sum else jnp.zeros_like(m)
-    return m, rest, total[2], zsum
+    gap = total[3] if with_gap else jnp.zeros_like(m)
+    return m, rest, total[2], gap
 
 
 def _row_values(
     m: jax.Array,
     rest: jax.Array,
     m_minus_zy: jax.Array,
-    labels: jax.Array,
-    num_classes: int,
-    ignore_index: int | None,
+    ignored: jax.Array,
+    bad: jax.Array,
 ) -> dict[str, Any]:
     """Per-example masks and NaN-safe statistics used by the loss and the gradient."""
-    ignored = jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index
-    bad = ((labels < 0) | (labels >= num_classes)) & ~ignored
     empty = m == -jnp.inf  # every logit is -inf: loss +inf, gradient 0
     m_safe = jnp.where(empty, jnp.zeros_like(m), m)
     rest_safe = jnp.where(empty, jnp.zeros_like(rest), rest)
@@ -227,6 +336,7 @@ def _row_values(
         "rest": rest_safe,
         "lse": m_safe + jnp.log1p(rest_safe),
         "y_is_max": m_minus_zy == 0.0,
+        "m_minus_zy": m_minus_zy,
     }
 
 
@@ -241,8 +351,138 @@ def _row_scale(g: jax.Array, row: dict[str, Any]) -> jax.Array:
     return jnp.where(row["bad"], jnp.nan, scale)
 
 
+def _aux_values(row: dict[str, Any]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(lse, label log-probability, label is the argmax) per example, masked."""
+    lse = jnp.where(row["empty"], -jnp.inf, row["lse"])
+    logp = -(row["m_minus_zy"] + jnp.log1p(row["rest"]))
+    logp = jnp.where(row["empty"], jnp.where(row["m_minus_zy"] == 0, jnp.nan, -jnp.inf), logp)
+    off = row["ignored"] | row["bad"]
+    lse = jnp.where(row["ignored"], 0.0, lse)
+    logp = jnp.where(row["bad"], jnp.nan, jnp.where(row["ignored"], 0.0, logp))
+    correct = row["y_is_max"] & ~off & ~row["empty"]
+    return lse, logp, correct
+
+
 # --------------------------------------------------------------------------
-# The chunk loop.
+# Labels, shards and mesh axes.
+# --------------------------------------------------------------------------
+
+
+def _label_masks(
+    labels: jax.Array, num_classes: int, ignore_index: int | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(int32 class index, -1 where none; ignored; bad) of labels of any integer dtype.
+
+    Comparisons are made in the labels' own dtype only with values it can
+    hold: an ``ignore_index`` the dtype cannot represent (``-100`` for uint8
+    labels) matches nothing, and a vocabulary larger than the dtype's range
+    (``V = 256`` for uint8) leaves no label above it. Nothing wraps.
+    """
+    info = jnp.iinfo(labels.dtype)
+    if ignore_index is not None and info.min <= ignore_index <= info.max:
+        ignored = labels == jnp.asarray(ignore_index, labels.dtype)
+    else:
+        ignored = jnp.zeros(labels.shape, bool)
+    valid = labels >= jnp.asarray(0, labels.dtype) if info.min < 0 else jnp.ones(labels.shape, bool)
+    if num_classes - 1 < info.max:
+        valid = valid & (labels <= jnp.asarray(num_classes - 1, labels.dtype))
+    index = jnp.where(valid & ~ignored, labels.astype(jnp.int32), -1)
+    return index, ignored, ~valid & ~ignored
+
+
+def _axes(axis_name: Hashable | None) -> tuple[Hashable, ...]:
+    if axis_name is None:
+        return ()
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
+def _vma(x: Any) -> frozenset:
+    """The mesh axes ``x`` varies over (inside ``shard_map`` with ``check_vma``)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)
+    if mat is not None:
+        return frozenset(getattr(mat, "varying", ()))
+    return frozenset(getattr(aval, "vma", ()))
+
+
+def _per_device(axis_name: Hashable | None) -> bool:
+    """Whether the collectives over ``axis_name`` follow per-device semantics.
+
+    That is ``shard_map(..., check_vma=False)`` and ``vmap(axis_name=...)``:
+    JAX then transposes a ``psum`` in the forward pass to a ``psum`` of the
+    cotangents, and hands each device's output its own cotangent. With
+    ``check_vma=True`` the loss is known to be replicated over ``axis_name``
+    and its cotangent is the same on every shard.
+    """
+    axes = _axes(axis_name)
+    return bool(axes) and not set(axes) <= _vma(lax.axis_index(axis_name))
+
+
+def _check_bound_in_backward(axis_name: Hashable | None) -> None:
+    """Raises a clear error where the backward pass cannot see ``axis_name``.
+
+    JAX traces a custom rule's backward pass outside ``jax.vmap``: an axis
+    named by ``vmap(axis_name=...)`` is bound in the forward pass only.
+    """
+    if axis_name is None:
+        return
+    try:
+        for a in _axes(axis_name):
+            lax.axis_size(a)
+    except NameError:
+        raise ValueError(
+            f"jaxsce vocab-parallel loss: the gradient needs the axis {axis_name!r} in the"
+            " backward pass, which JAX does not bind for jax.vmap(axis_name=...) (it traces"
+            " a custom rule's backward pass outside the vmap). Values work under vmap; for"
+            " gradients shard the vocabulary with jax.shard_map instead."
+        ) from None
+
+
+def _varying(x: Any, axes: frozenset) -> Any:
+    """Marks loop carries as varying over ``axes`` (those they do not vary over yet)."""
+
+    def cast(a):
+        missing = tuple(sorted(axes - _vma(a), key=str))
+        return lax.pcast(a, missing, to="varying") if missing else a
+
+    return jax.tree_util.tree_map(cast, x)
+
+
+def _sum_to(ct: jax.Array, primal_vma: frozenset, per_device: bool) -> jax.Array:
+    """Sums a cotangent over the mesh axes its primal input is replicated over."""
+    extra = tuple(sorted(_vma(ct) - primal_vma, key=str))
+    return lax.psum(ct, extra) if extra and not per_device else ct
+
+
+class _Layout(NamedTuple):
+    """Where each example's label lives, and which examples count."""
+
+    hidden: jax.Array  # ignored rows set to 0 (NaN there cannot reach the gradients)
+    local: jax.Array  # int32 label index among this shard's columns (any value if not owned)
+    owned: jax.Array
+    ignored: jax.Array
+    bad: jax.Array
+    num_classes: int
+    loop_vma: frozenset  # what the per-shard loop carries vary over
+    row_vma: frozenset  # what the combined per-example values vary over
+
+
+def _layout(hidden, weight, bias, labels, st: _Static) -> _Layout:
+    """Shard ``s`` of ``axis_name`` holds classes ``[s v, (s + 1) v)``, ``v = weight.shape[1]``."""
+    v_local = weight.shape[1]
+    axes = _axes(st.axis_name)
+    num_classes = v_local * (math.prod(lax.axis_size(a) for a in axes) if axes else 1)
+    index, ignored, bad = _label_masks(labels, num_classes, st.ignore_index)
+    local = index - lax.axis_index(st.axis_name) * v_local if axes else index
+    owned = (local >= 0) & (local < v_local) & (index >= 0)
+    hidden = jnp.where(ignored[:, None], jnp.zeros_like(hidden), hidden)
+    inputs = [hidden, weight, labels] + ([] if bias is None else [bias])
+    loop_vma = frozenset().union(*(_vma(x) for x in inputs))
+    return _Layout(hidden, local, owned, ignored, bad, num_classes, loop_vma, loop_vma - set(axes))
+
+
+# --------------------------------------------------------------------------
+# "recompute": the chunk loops.
 # --------------------------------------------------------------------------
 
 
@@ -259,7 +499,6 @@ def _chunk_logits(
     i: jax.Array,
     c: int,
     overlaps: bool,
-    col_dtype: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array, jax.Array]:
     """Logits of chunk ``i``: columns ``[start, start + c)`` of ``hidden @ weight + bias``.
 
@@ -268,8 +507,8 @@ def _chunk_logits(
     columns it owns (those at or after ``i * c``). Nothing is padded or copied.
 
     Returns:
-      ``(z, cols, valid, start, w)``: ``z`` of shape ``(N, c)`` in float32 (or
-      wider), the weight chunk ``w`` in ``hidden``'s dtype.
+      ``(z, cols, valid, start, w)``: the raw (not soft-capped) ``z`` of shape
+      ``(N, c)`` in float32 (or wider), the weight chunk ``w`` in ``hidden``'s dtype.
     """
     v = weight.shape[1]
     acc = compute_dtype(hidden.dtype)
@@ -278,32 +517,27 @@ def _chunk_logits(
     z = lax.dot_general(hidden, w, (((1,), (0,)), ((), ())), preferred_element_type=acc)
     if bias is not None:
         z = z + lax.dynamic_slice_in_dim(bias, start, c).astype(acc)[None, :]
-    cols = start.astype(col_dtype) + lax.iota(col_dtype, c)
-    valid = cols >= (i * c).astype(col_dtype) if overlaps else None
+    cols = start.astype(jnp.int32) + lax.iota(jnp.int32, c)
+    valid = cols >= (i * c).astype(jnp.int32) if overlaps else None
     return z, cols, valid, start, w
 
 
-def _varying(x: Any, axis_name: Hashable | None) -> Any:
-    """Marks a loop carry as varying over ``axis_name`` (inside shard_map)."""
-    if axis_name is None:
-        return x
-    return jax.tree_util.tree_map(lambda a: lax.pcast(a, axis_name, to="varying"), x)
-
-
-def _local_stats(hidden, weight, bias, local_labels, chunk_size, with_sum, axis_name):
-    """Online (max, rest, label logit, sum of logits) over the chunks of ``weight``."""
-    n = hidden.shape[0]
-    c, n_chunks, overlaps = _chunking(weight.shape[1], chunk_size)
+def _local_stats(hidden, weight, bias, lay: _Layout, st: _Static, with_gap: bool):
+    """Online (max, rest, label logit, smoothing gap) over the chunks of ``weight``."""
+    n, v = hidden.shape[0], weight.shape[1]
+    c, n_chunks, overlaps = _chunking(v, st.chunk_size)
     acc = compute_dtype(hidden.dtype)
 
     def body(i, carry):
-        m, rest, zy, zsum = carry
-        z, cols, valid, _, _ = _chunk_logits(
-            hidden, weight, bias, i, c, overlaps, local_labels.dtype
-        )
-        m_c, rest_c, zy_c, zsum_c = _chunk_stats(z, cols, local_labels, valid, with_sum)
-        m, rest = _merge_max_and_rest(m, rest, m_c, rest_c)
-        return m, rest, zy + zy_c, zsum + zsum_c
+        m, rest, zy, gap = carry
+        z, cols, valid, _, _ = _chunk_logits(hidden, weight, bias, i, c, overlaps)
+        z = _softcap(z, st.logit_softcap)
+        m_c, rest_c, zy_c, gap_c = _chunk_stats(z, cols, lay.local, valid, with_gap)
+        m_new, rest = _merge_max_and_rest(m, rest, m_c, rest_c)
+        if with_gap:
+            seen = (i * c).astype(acc)
+            gap = _merge_gap(gap, seen, m, gap_c, jnp.minimum(v - seen, c), m_c, m_new)
+        return m_new, rest, zy + zy_c, gap
 
     init = (
         jnp.full((n,), -jnp.inf, acc),
@@ -311,22 +545,21 @@ def _local_stats(hidden, weight, bias, local_labels, chunk_size, with_sum, axis_
         jnp.zeros((n,), acc),
         jnp.zeros((n,), acc),
     )
-    return lax.fori_loop(0, n_chunks, body, _varying(init, axis_name))
+    return lax.fori_loop(0, n_chunks, body, _varying(init, lay.loop_vma))
 
 
-def _local_grads(
-    hidden, weight, bias, local_labels, row, chunk_size, num_classes, eps, zeta, axis_name
-):
+def _local_grads(hidden, weight, bias, lay: _Layout, row, st: _Static):
     """Gradients for ``hidden`` (float32 partial sum), ``weight`` and ``bias`` by chunks."""
-    c, n_chunks, overlaps = _chunking(weight.shape[1], chunk_size)
+    c, n_chunks, overlaps = _chunking(weight.shape[1], st.chunk_size)
     acc = compute_dtype(hidden.dtype)
+    eps, zeta = st.label_smoothing, st.z_loss
 
     def body(i, carry):
         dh, dw_buf, db_buf = carry
-        z, cols, valid, start, w = _chunk_logits(
-            hidden, weight, bias, i, c, overlaps, local_labels.dtype
-        )
-        d = _chunk_dlogits(z, cols, local_labels, row, valid, num_classes, eps, zeta)
+        z_raw, cols, valid, start, w = _chunk_logits(hidden, weight, bias, i, c, overlaps)
+        z = _softcap(z_raw, st.logit_softcap)
+        d = _chunk_dlogits(z, cols, lay.local, row, valid, lay.num_classes, eps, zeta)
+        d = _softcap_grad(d, z_raw, st.logit_softcap)
         d_lo = d.astype(hidden.dtype)
         dh = dh + lax.dot_general(d_lo, w, (((1,), (1,)), ((), ())), preferred_element_type=acc)
         dw = lax.dot_general(hidden, d_lo, (((0,), (0,)), ((), ())), preferred_element_type=acc)
@@ -341,118 +574,335 @@ def _local_grads(
         jnp.zeros(weight.shape, weight.dtype),
         None if bias is None else jnp.zeros(bias.shape, bias.dtype),
     )
-    return lax.fori_loop(0, n_chunks, body, _varying(init, axis_name))
+    return lax.fori_loop(0, n_chunks, body, _varying(init, lay.loop_vma))
 
 
 def _write_chunk(buf, chunk, start, valid, axis):
-    """Writes ``chunk`` into ``buf`` at ``start`` along ``axis``, keeping columns not owned."""
+    """Writes ``chunk`` into ``buf`` at ``start`` along ``axis``, keeping entries not owned."""
     if valid is not None:
         old = lax.dynamic_slice_in_dim(buf, start, chunk.shape[axis], axis=axis)
-        mask = valid if axis == 0 else valid[None, :]
+        mask = valid if chunk.ndim == 1 else (valid[None, :] if axis == 1 else valid[:, None])
         chunk = jnp.where(mask, chunk, old)
     return lax.dynamic_update_slice_in_dim(buf, chunk, start, axis=axis)
 
 
-# --------------------------------------------------------------------------
-# The custom rule.
-# --------------------------------------------------------------------------
-
-
-def _local_labels(labels, v_local, axis_name):
-    """Labels numbered from this shard's first class, and the full vocabulary size.
-
-    Shard ``s`` of the mesh axis ``axis_name`` holds classes
-    ``[s * v_local, (s + 1) * v_local)``; without ``axis_name`` there is one shard.
-    """
-    if axis_name is None:
-        return labels, v_local
-    offset = lax.axis_index(axis_name) * v_local
-    return labels - offset.astype(labels.dtype), v_local * lax.axis_size(axis_name)
-
-
-def _forward(hidden, weight, bias, labels, chunk_size, axis_name, ignore_index, eps, zeta):
-    """Per-example losses and the per-example values the backward pass keeps."""
-    v_local = weight.shape[1]
-    local_labels, num_classes = _local_labels(labels, v_local, axis_name)
-    owned = (local_labels >= 0) & (local_labels < v_local)
-    with_sum = bool(eps)
-    m_l, rest_l, zy_l, zsum_l = _local_stats(
-        hidden, weight, bias, local_labels, chunk_size, with_sum, axis_name
+def _forward(hidden, weight, bias, labels, st: _Static):
+    """Per-example rows of statistics (one product), and the layout."""
+    lay = _layout(hidden, weight, bias, labels, st)
+    with_gap = bool(st.label_smoothing)
+    m_l, rest_l, zy_l, gap_l = _local_stats(lay.hidden, weight, bias, lay, st, with_gap)
+    m, rest, m_minus_zy, gap = _combine_shards(
+        m_l, rest_l, zy_l, gap_l, weight.shape[1], lay.owned, st.axis_name, with_gap
     )
-    m, rest, m_minus_zy, zsum = _combine_shards(
-        m_l, rest_l, zy_l, zsum_l, owned, axis_name, with_sum
+    row = _row_values(m, rest, m_minus_zy, lay.ignored, lay.bad)
+    loss = _example_losses(
+        row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
     )
-    row = _row_values(m, rest, m_minus_zy, labels, num_classes, ignore_index)
-    loss = _example_losses(row["m"], row["rest"], m_minus_zy, zsum, num_classes, eps, zeta)
-    return _mask_losses(loss, row), (m, rest, m_minus_zy)
+    return _mask_losses(loss, row), row, lay
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _linear_ce(hidden, weight, bias, labels, chunk_size, axis_name, ignore_index, eps, zeta):
-    """Per-example cross-entropy of ``hidden @ weight + bias``; ``hidden`` is ``(N, D)``."""
-    loss, _ = _forward(hidden, weight, bias, labels, chunk_size, axis_name, ignore_index, eps, zeta)
-    return loss
+def _outputs(loss, row, with_aux):
+    if not with_aux:
+        return (loss,)
+    lse, logp, correct = _aux_values(row)
+    return loss, lse, logp, correct.astype(loss.dtype)
 
 
-def _linear_ce_fwd(hidden, weight, bias, labels, chunk_size, axis_name, ignore_index, eps, zeta):
-    loss, stats = _forward(
-        hidden, weight, bias, labels, chunk_size, axis_name, ignore_index, eps, zeta
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _linear_ce(hidden, weight, bias, labels, st: _Static, with_aux: bool):
+    """Per-example (loss,) or (loss, lse, label log-prob, correct) of ``hidden @ weight + b``."""
+    loss, row, _ = _forward(hidden, weight, bias, labels, st)
+    return _outputs(loss, row, with_aux)
+
+
+def _linear_ce_fwd(hidden, weight, bias, labels, st, with_aux):
+    loss, row, _ = _forward(hidden, weight, bias, labels, st)
+    stats = (row["m"], row["rest"], row["m_minus_zy"], row["empty"])
+    return _outputs(loss, row, with_aux), (hidden, weight, bias, labels, stats)
+
+
+def _linear_ce_bwd(st, with_aux, res, cts):
+    hidden, weight, bias, labels, (m, rest, m_minus_zy, empty) = res
+    _check_bound_in_backward(st.axis_name)
+    lay = _layout(hidden, weight, bias, labels, st)
+    row = _row_values(jnp.where(empty, -jnp.inf, m), rest, m_minus_zy, lay.ignored, lay.bad)
+    per_device = _per_device(st.axis_name)
+    cts = [lax.psum(g, st.axis_name) if per_device else g for g in cts]
+    row["scale"] = _row_scale(cts[0].astype(m.dtype), row)
+    if with_aux:
+        off = lay.ignored | lay.bad | row["empty"]
+        row["lse_scale"] = jnp.where(off, 0.0, cts[1].astype(m.dtype))
+        row["logp_scale"] = jnp.where(off, 0.0, cts[2].astype(m.dtype))
+    dh, dw, db = _local_grads(lay.hidden, weight, bias, lay, row, st)
+    return (
+        _sum_to(dh, _vma(hidden), per_device).astype(hidden.dtype),
+        _sum_to(dw, _vma(weight), per_device),
+        None if db is None else _sum_to(db, _vma(bias), per_device),
+        None,
     )
-    return loss, (hidden, weight, bias, labels, stats)
-
-
-def _linear_ce_bwd(chunk_size, axis_name, ignore_index, eps, zeta, res, g):
-    hidden, weight, bias, labels, (m, rest, m_minus_zy) = res
-    v_local = weight.shape[1]
-    local_labels, num_classes = _local_labels(labels, v_local, axis_name)
-    row = _row_values(m, rest, m_minus_zy, labels, num_classes, ignore_index)
-    row["scale"] = _row_scale(g.astype(m.dtype), row)
-    dh, dw, db = _local_grads(
-        hidden, weight, bias, local_labels, row, chunk_size, num_classes, eps, zeta, axis_name
-    )
-    if axis_name is not None:
-        dh = lax.psum(dh, axis_name)
-    return dh.astype(hidden.dtype), dw, db, None
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
 # --------------------------------------------------------------------------
-# Argument checking and reductions, shared with the vocab-parallel module.
+# "precompute": gradients in the forward pass, by blocks of rows.
 # --------------------------------------------------------------------------
 
 
-def _check_options(fname, reduction, label_smoothing, z_loss, ignore_index):
-    """Raises ValueError naming a bad option: the core loss's checks, plus ``ignore_index``."""
+def _block_rows(n: int, v_local: int) -> int:
+    """Rows per block: one block's float32 logits within :data:`BLOCK_BYTES`.
+
+    The fewest blocks that fit, made about equal (a multiple of 8 rows where
+    that still fits), so that the last block overlaps its predecessor little.
+    """
+    b_max = max(1, BLOCK_BYTES // (4 * v_local))
+    n_blocks = -(-n // b_max)
+    b = -(-n // max(n_blocks, 1))
+    if b >= 8:
+        b = min(b_max, -(-b // 8) * 8)
+    return max(1, min(b, n))
+
+
+def _precompute(hidden, weight, bias, labels, st: _Static):
+    """Summed loss and its (unscaled, per-shard) gradients, by blocks of whole rows.
+
+    Each block of ``b`` rows: logits ``(b, V)`` (one product), their exact
+    log-sum-exp, loss and ``P - Y``, then ``dhidden`` rows (second product) and
+    the block's share of ``dweight`` (third product) and ``dbias``.
+    """
+    lay = _layout(hidden, weight, bias, labels, st)
+    h = lay.hidden
+    n, v = h.shape[0], weight.shape[1]
+    acc = compute_dtype(hidden.dtype)
+    b = _block_rows(n, v)
+    n_blocks, overlaps = -(-n // b), n % b != 0
+    w = weight.astype(hidden.dtype)
+    cols = lax.iota(jnp.int32, v)
+    with_gap = bool(st.label_smoothing)
+
+    def body(j, carry):
+        total, dh, dw, db = carry
+        start = jnp.minimum(j * b, n - b)
+        rows = lambda x: lax.dynamic_slice_in_dim(x, start, b, axis=0)  # noqa: E731
+        hb, local = rows(h), rows(lay.local)
+        z_raw = lax.dot_general(hb, w, (((1,), (0,)), ((), ())), preferred_element_type=acc)
+        if bias is not None:
+            z_raw = z_raw + bias.astype(acc)[None, :]
+        z = _softcap(z_raw, st.logit_softcap)
+        m_l, rest_l, zy_l, gap_l = _chunk_stats(z, cols, local, None, with_gap)
+        m, rest, m_minus_zy, gap = _combine_shards(
+            m_l, rest_l, zy_l, gap_l, v, rows(lay.owned), st.axis_name, with_gap
+        )
+        row = _row_values(m, rest, m_minus_zy, rows(lay.ignored), rows(lay.bad))
+        loss = _example_losses(
+            row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
+        )
+        loss = _mask_losses(loss, row)
+        mine = start + lax.iota(jnp.int32, b) >= j * b if overlaps else None
+        if mine is not None:
+            loss = jnp.where(mine, loss, 0.0)
+        one = jnp.ones_like(loss) if mine is None else mine.astype(loss.dtype)
+        row["scale"] = _row_scale(one, row)
+        d = _chunk_dlogits(
+            z, cols, local, row, None, lay.num_classes, st.label_smoothing, st.z_loss
+        )
+        d = _softcap_grad(d, z_raw, st.logit_softcap)
+        d_lo = d.astype(hidden.dtype)
+        dh_b = lax.dot_general(d_lo, w, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+        dh = _write_chunk(dh, dh_b, start, mine, axis=0)
+        dw = dw + lax.dot_general(hb, d_lo, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+        if db is not None:
+            db = db + jnp.sum(d, axis=0)
+        return total + jnp.sum(loss), dh, dw, db
+
+    loop = (
+        jnp.zeros(h.shape, acc),
+        jnp.zeros(weight.shape, acc),
+        None if bias is None else jnp.zeros(bias.shape, acc),
+    )
+    init = (_varying(jnp.zeros((), acc), lay.row_vma),) + _varying(loop, lay.loop_vma)
+    if n == 0:
+        return init
+    return lax.fori_loop(0, n_blocks, body, init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _linear_ce_total(hidden, weight, bias, labels, st: _Static):
+    """Sum over examples of the loss; without a gradient, the forward statistics only."""
+    loss, _, _ = _forward(hidden, weight, bias, labels, st)
+    return jnp.sum(loss)
+
+
+def _linear_ce_total_fwd(hidden, weight, bias, labels, st):
+    total, dh, dw, db = _precompute(hidden, weight, bias, labels, st)
+    # The inputs ride along only for their dtypes and mesh types (no copies).
+    return total, (dh, dw, db, hidden, weight, bias)
+
+
+def _linear_ce_total_bwd(st, res, g):
+    dh, dw, db, hidden, weight, bias = res
+    _check_bound_in_backward(st.axis_name)
+    return _scale_precomputed(g, (dh, dw, db), (hidden, weight, bias), st.axis_name)
+
+
+def _scale_precomputed(g, grads, primals, axis_name):
+    r"""The backward pass of "precompute": :math:`\bar g\,\nabla` for the scalar cotangent.
+
+    Under per-device semantics the cotangent of the (replicated) loss is
+    summed over ``axis_name`` first, as JAX does for a ``psum`` in the forward
+    pass; then each gradient is summed over the mesh axes its input is
+    replicated over, and cast to its input's dtype.
+    """
+    per_device = _per_device(axis_name)
+    if per_device:
+        g = lax.psum(g, axis_name)
+    out = []
+    for grad, primal in zip(grads, primals):
+        if grad is None:
+            out.append(None)
+            continue
+        scaled = _sum_to(g.astype(grad.dtype) * grad, _vma(primal), per_device)
+        out.append(scaled.astype(primal.dtype))
+    return (*out, None)
+
+
+_linear_ce_total.defvjp(_linear_ce_total_fwd, _linear_ce_total_bwd)
+
+
+# --------------------------------------------------------------------------
+# Argument checking, method choice and reductions (shared with vocab-parallel).
+# --------------------------------------------------------------------------
+
+
+def _check_options(
+    fname,
+    reduction,
+    label_smoothing,
+    z_loss,
+    ignore_index,
+    logit_softcap=None,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+    method="recompute",
+    return_aux=False,
+):
+    """Checks every option eagerly; returns them as plain Python values.
+
+    Raises:
+      ValueError naming the function, the option, what it must be and what it got.
+    """
     check_loss_options(fname, reduction, None, label_smoothing, "torch", z_loss)
+    for name, value in (("label_smoothing", label_smoothing), ("z_loss", z_loss)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(
+                f"{fname}: `{name}` must be a Python number here (the fused rule is specialised"
+                f" on it), got {name}={value!r}."
+            )
     if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
-        raise ValueError(f"ignore_index must be an int or None, got ignore_index={ignore_index!r}")
+        raise ValueError(
+            f"{fname}: `ignore_index` must be an int or None, got ignore_index={ignore_index!r}."
+        )
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
+        raise ValueError(
+            f"{fname}: `chunk_size` must be a positive int, got chunk_size={chunk_size!r}."
+        )
+    if logit_softcap is not None and (
+        isinstance(logit_softcap, bool)
+        or not isinstance(logit_softcap, numbers.Real)
+        or not (math.isfinite(logit_softcap) and logit_softcap > 0)
+    ):
+        raise ValueError(
+            f"{fname}: `logit_softcap` must be None or a finite number > 0,"
+            f" got logit_softcap={logit_softcap!r}."
+        )
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"{fname}: `method` must be one of {METHODS}, got method={method!r}.")
+    if not isinstance(return_aux, bool):
+        raise ValueError(f"{fname}: `return_aux` must be a bool, got return_aux={return_aux!r}.")
+    if method == "precompute" and reduction == "none":
+        raise ValueError(
+            f"{fname}: method='precompute' computes the gradient of a scalar loss in the forward"
+            " pass; it needs reduction='sum' or 'mean', got reduction='none'"
+            " (use method='recompute' or 'auto')."
+        )
+    if method == "precompute" and return_aux:
+        raise ValueError(
+            f"{fname}: method='precompute' does not return the per-example aux outputs (their"
+            " gradients need the recomputing backward pass); use method='recompute' or 'auto'"
+            " with return_aux=True."
+        )
+    return (
+        None if ignore_index is None else int(ignore_index),
+        int(chunk_size),
+        None if logit_softcap is None else float(logit_softcap),
+    )
 
 
-def _check_labels(labels, batch_shape, name):
+def _check_labels(fname, labels, batch_shape, name):
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+        raise TypeError(f"{fname}: `labels` must have an integer dtype, got {labels.dtype}.")
     if labels.shape != tuple(batch_shape):
         raise ValueError(
-            f"labels shape {labels.shape} does not match the {name} shape "
-            f"without its last axis {tuple(batch_shape)}"
+            f"{fname}: `labels` shape {labels.shape} does not match the {name} shape "
+            f"without its last axis {tuple(batch_shape)}."
         )
+
+
+def _choose_method(method, reduction, return_aux, weight_shape):
+    """The method "auto" stands for: "precompute" for a scalar loss whose buffer fits."""
+    if method != "auto":
+        return method
+    if reduction == "none" or return_aux:
+        return "recompute"
+    buffer = 4 * math.prod(weight_shape)  # the float32 weight gradient kept between passes
+    return "precompute" if buffer <= AUTO_PRECOMPUTE_MAX_BYTES else "recompute"
+
+
+def _counted(labels, ignore_index):
+    """Examples whose label is not ``ignore_index`` (compared without wrapping)."""
+    if ignore_index is None:
+        return jnp.ones(labels.shape, bool)
+    info = jnp.iinfo(labels.dtype)
+    if not info.min <= ignore_index <= info.max:
+        return jnp.ones(labels.shape, bool)
+    return labels != jnp.asarray(ignore_index, labels.dtype)
+
+
+def _mean(total, labels, ignore_index):
+    """Sum divided by the number of counted examples; 0 with a zero gradient if none."""
+    count = jnp.sum(_counted(labels, ignore_index)).astype(total.dtype)
+    # Every example ignored: 0 with a zero gradient, as the core loss (PyTorch gives NaN).
+    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
 def _reduce(loss, labels, reduction, ignore_index):
     """Applies ``reduction``; "mean" divides by the number of non-ignored examples."""
     if reduction == "none":
         return loss
-    if reduction == "sum":
-        return jnp.sum(loss)
-    counted = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
-    total = jnp.sum(jnp.where(counted, loss, 0.0))
-    count = jnp.sum(counted).astype(loss.dtype)
-    # Every example ignored: 0 with a zero gradient, as the core loss (PyTorch gives NaN).
-    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+    total = jnp.sum(loss)  # ignored examples are 0
+    return total if reduction == "sum" else _mean(total, labels, ignore_index)
+
+
+@functools.partial(jax.jit, static_argnames=("st", "reduction", "method", "return_aux"))
+def _fused_loss(hidden, weight, bias, labels, st, reduction, method, return_aux):
+    """The checked call: flattens the batch, runs the chosen rule, reduces."""
+    h = hidden.reshape(labels.size, hidden.shape[-1])
+    y = labels.reshape(labels.size)
+    if _choose_method(method, reduction, return_aux, weight.shape) == "precompute":
+        total = _linear_ce_total(h, weight, bias, y, st)
+        return total if reduction == "sum" else _mean(total, y, st.ignore_index)
+    outs = _linear_ce(h, weight, bias, y, st, return_aux)
+    loss = _reduce(outs[0].reshape(labels.shape), labels, reduction, st.ignore_index)
+    if not return_aux:
+        return loss
+    lse, logp, correct = (x.reshape(labels.shape) for x in outs[1:])
+    return loss, LinearCrossEntropyAux(lse, logp, correct > 0)
 
 
 # --------------------------------------------------------------------------
@@ -460,16 +910,6 @@ def _reduce(loss, labels, reduction, ignore_index):
 # --------------------------------------------------------------------------
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "ignore_index",
-        "reduction",
-        "label_smoothing",
-        "z_loss",
-        "chunk_size",
-    ),
-)
 def linear_softmax_cross_entropy(
     hidden: jax.typing.ArrayLike,
     weight: jax.typing.ArrayLike,
@@ -480,18 +920,19 @@ def linear_softmax_cross_entropy(
     reduction: str = "none",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    logit_softcap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> jax.Array:
+    method: str = "auto",
+    return_aux: bool = False,
+) -> Any:
     r"""Softmax cross-entropy of a linear layer's output, without materialising the logits.
 
     Equals ``softmax_cross_entropy_with_integer_labels(hidden @ weight + bias, labels)``
-    with the options below, but walks the vocabulary in chunks of ``chunk_size``
-    columns so that neither the ``(N, V)`` logits nor their gradient ever exist:
-    the forward pass keeps O(N) values per example, the backward pass
-    recomputes each chunk's logits.
+    with the options below, but neither the ``(N, V)`` logits nor their
+    gradient ever exist (see ``method``).
 
     .. math::
-      z = x W + b, \qquad
+      z = c \tanh\bigl((x W + b) / c\bigr), \qquad
       \ell = (1 - \varepsilon)\,(\operatorname{lse}(z) - z_y)
         + \varepsilon\,(\operatorname{lse}(z) - \tfrac{1}{V}\textstyle\sum_k z_k)
         + \zeta \operatorname{lse}(z)^2,
@@ -499,33 +940,40 @@ def linear_softmax_cross_entropy(
     .. math::
       \frac{\partial \ell}{\partial z} = p\,(1 + 2\zeta\operatorname{lse}(z)) - q,
       \quad q = (1 - \varepsilon)\,e_y + \varepsilon / V, \qquad
-      \nabla_W = X^\top \frac{\partial \ell}{\partial Z}, \quad
-      \nabla_X = \frac{\partial \ell}{\partial Z} W^\top,
+      \frac{\partial z}{\partial (xW + b)} = 1 - \tanh^2\bigl((xW + b) / c\bigr),
 
-    with :math:`\operatorname{lse}(z) = m + \operatorname{log1p}(r)`, :math:`m`
+    (no cap: :math:`z = xW + b`), :math:`\nabla_W = X^\top \partial\ell/\partial Z_{raw}`,
+    :math:`\nabla_X = \partial\ell/\partial Z_{raw}\, W^\top`, with
+    :math:`\operatorname{lse}(z) = m + \operatorname{log1p}(r)`, :math:`m`
     the largest logit and :math:`r` the sum of the others' :math:`e^{z_k - m}`,
     so that a confident prediction's loss :math:`\operatorname{log1p}(r)` and
     its label gradient :math:`-r / (1 + r)` keep float32's relative accuracy.
+    The smoothing term's :math:`m - \bar z` is summed as
+    :math:`\frac1V\sum_k (m - z_k)`, accurate under any common offset.
 
     Edge behaviour: examples whose label equals ``ignore_index`` give loss 0
-    and gradient 0; any other label outside ``[0, V)`` gives a NaN loss (and
+    and exactly zero gradients (their ``hidden`` row is not used, so NaN in it
+    reaches nothing); any other label outside ``[0, V)`` gives a NaN loss (and
     NaN gradients), never a wrapped index (:func:`jaxsce.check_labels` raises
-    an error naming it instead). A row whose logits are all
-    ``-inf`` (e.g. a ``-inf`` bias everywhere) gives loss ``+inf`` and
-    gradient 0; a label whose logit is ``-inf`` gives ``+inf``. NaN or
-    ``+inf`` logits give NaN.
+    an error naming it instead). Labels of any integer dtype are compared
+    without wrapping: an ``ignore_index`` the dtype cannot hold (``-100`` for
+    ``uint8``) matches nothing. A row whose logits are all ``-inf`` (e.g. a
+    ``-inf`` bias everywhere) gives loss ``+inf`` and gradient 0; a label whose
+    logit is ``-inf`` gives ``+inf``. NaN or ``+inf`` logits give NaN. ``D = 0``
+    gives logits equal to the bias (0 without one); ``V = 0`` raises.
 
-    Dtypes: each weight chunk is cast to ``hidden``'s dtype for the matrix
-    products (as flax's ``Dense(dtype=...)`` does), the logits and all
-    statistics are float32 (float64 for float64 inputs), each chunk's
-    :math:`p - q` is cast to ``hidden``'s dtype before the backward products,
-    and the ``hidden`` gradient accumulates in float32. The loss is float32
-    (float64 for float64 inputs); gradients have their input's dtype.
+    Dtypes: the weight is cast to ``hidden``'s dtype for the matrix products
+    (as flax's ``Dense(dtype=...)`` does), which accumulate in float32
+    (``preferred_element_type``); the logits and all statistics are float32
+    (float64 for float64 inputs); :math:`\partial\ell/\partial z` is cast to
+    ``hidden``'s dtype for the two gradient products, and the ``hidden``
+    gradient accumulates in float32. The loss is float32 (float64 for float64
+    inputs); gradients have their input's dtype.
 
     Args:
       hidden: activations of shape ``(..., D)``.
       weight: kernel of shape ``(D, V)`` (flax ``Dense`` convention).
-      labels: integer class indices of shape ``hidden.shape[:-1]``.
+      labels: integer class indices of shape ``hidden.shape[:-1]``, any integer dtype.
       bias: optional bias of shape ``(V,)``.
       ignore_index: label value whose examples count for nothing (PyTorch's
         ``ignore_index``, for example ``-100``); None (default) ignores none.
@@ -536,11 +984,28 @@ def linear_softmax_cross_entropy(
       label_smoothing: ``eps`` in ``[0, 1]``, PyTorch's convention: the target
         is ``(1 - eps)`` on the label plus ``eps / V`` on every class.
       z_loss: ``zeta >= 0``, adds ``zeta * lse(z) ** 2`` per example (PaLM).
-      chunk_size: vocabulary columns per chunk (static). Temporary memory is a
-        few ``N x chunk_size`` float32 arrays.
+      logit_softcap: ``c > 0`` replaces the logits by ``c * tanh(z / c)``
+        (Gemma 2's ``final_logit_softcapping``); None (default) for none.
+      chunk_size: vocabulary columns per chunk of ``"recompute"``. Its
+        temporary memory is a few ``N x chunk_size`` float32 arrays.
+      method: ``"recompute"`` keeps O(N) values from the forward pass and
+        recomputes each chunk's logits in the backward pass (four ``N D V``
+        products, any cotangent). ``"precompute"`` computes all gradients in
+        the forward pass over blocks of rows whose logits take at most
+        ``BLOCK_BYTES`` (40 MiB) and scales them by the cotangent in the
+        backward pass (three products; only for ``reduction="sum"`` or
+        ``"mean"``; keeps one float32 gradient of the weight's size, plus
+        ``hidden``'s, between the passes). Without a gradient both run the
+        forward statistics only (one product). ``"auto"`` (default) takes
+        ``"precompute"`` for a scalar loss without ``return_aux`` when the
+        weight-sized buffer is at most ``AUTO_PRECOMPUTE_MAX_BYTES`` (1 GiB),
+        else ``"recompute"``.
+      return_aux: also return a :class:`LinearCrossEntropyAux` of per-example
+        ``logsumexp``, ``label_logprob`` (both differentiable) and ``correct``.
 
     Returns:
-      The loss: shape ``labels.shape`` for ``reduction="none"``, else a scalar.
+      The loss: shape ``labels.shape`` for ``reduction="none"``, else a scalar;
+      with ``return_aux=True``, the pair ``(loss, aux)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -553,6 +1018,8 @@ def linear_softmax_cross_entropy(
     References:
       Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
       <https://arxiv.org/abs/2411.09009>`_, 2024.
+      Hsu et al., `Liger Kernel: Efficient Triton Kernels for LLM Training
+      <https://arxiv.org/abs/2410.10989>`_, 2024.
     """
     return checked_linear_loss(
         "linear_softmax_cross_entropy",
@@ -565,7 +1032,10 @@ def linear_softmax_cross_entropy(
         reduction,
         label_smoothing,
         z_loss,
+        logit_softcap,
         chunk_size,
+        method,
+        return_aux,
     )
 
 
@@ -580,45 +1050,61 @@ def checked_linear_loss(
     reduction,
     label_smoothing,
     z_loss,
+    logit_softcap,
     chunk_size,
+    method,
+    return_aux,
 ):
     """Checks the arguments, then runs the fused rule (on one device or a shard)."""
+    ignore_index, chunk_size, logit_softcap = _check_options(
+        fname,
+        reduction,
+        label_smoothing,
+        z_loss,
+        ignore_index,
+        logit_softcap,
+        chunk_size,
+        method,
+        return_aux,
+    )
     hidden = jnp.asarray(hidden)
     weight = jnp.asarray(weight)
     labels = jnp.asarray(labels)
     bias = None if bias is None else jnp.asarray(bias)
-    _check_linear_args(hidden, weight, labels, bias, chunk_size)
-    _check_options(fname, reduction, label_smoothing, z_loss, ignore_index)
-    loss = _linear_ce(
-        hidden.reshape(-1, hidden.shape[-1]),
-        weight,
-        bias,
-        labels.reshape(-1),
+    _check_linear_args(fname, hidden, weight, labels, bias, axis_name is not None)
+    st = _Static(
         chunk_size,
         axis_name,
         ignore_index,
         float(label_smoothing),
         float(z_loss),
-    ).reshape(labels.shape)
-    return _reduce(loss, labels, reduction, ignore_index)
+        logit_softcap,
+    )
+    try:
+        hash(st)
+    except TypeError:
+        raise ValueError(f"{fname}: `axis_name` must be hashable, got {axis_name!r}.") from None
+    return _fused_loss(hidden, weight, bias, labels, st, reduction, method, return_aux)
 
 
-def _check_linear_args(hidden, weight, labels, bias, chunk_size):
+def _check_linear_args(fname, hidden, weight, labels, bias, sharded):
     """Shape and dtype checks of the fused linear cross-entropy's arrays."""
-    for name, x in (("hidden", hidden), ("weight", weight)) + (
-        () if bias is None else (("bias", bias),)
-    ):
+    w, b = ("local_weight", "local_bias") if sharded else ("weight", "bias")
+    for name, x in (("hidden", hidden), (w, weight)) + (() if bias is None else ((b, bias),)):
         if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+            raise TypeError(f"{fname}: `{name}` must have a floating dtype, got {x.dtype}.")
     if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[0] != hidden.shape[-1]:
         raise ValueError(
-            f"weight must have shape (D, V) with D = hidden.shape[-1]; got hidden shape "
-            f"{hidden.shape} and weight shape {weight.shape}"
+            f"{fname}: `{w}` must have shape (D, V) with D = hidden.shape[-1]; got hidden shape "
+            f"{hidden.shape} and {w} shape {weight.shape}."
+        )
+    if weight.shape[1] == 0:
+        raise ValueError(
+            f"{fname}: `{w}` of shape {weight.shape} has no vocabulary columns (V = 0)."
         )
     if bias is not None and bias.shape != (weight.shape[1],):
         raise ValueError(
-            f"bias must have shape (V,) = {(weight.shape[1],)}, got bias shape {bias.shape}"
+            f"{fname}: `{b}` must have shape (V,) = {(weight.shape[1],)}, got {b} shape "
+            f"{bias.shape}."
         )
-    _check_labels(labels, hidden.shape[:-1], "hidden")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got chunk_size={chunk_size!r}")
+    _check_labels(fname, labels, hidden.shape[:-1], "hidden")

@@ -65,9 +65,7 @@ def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]
     out = []
     for a in axes:
         if not -ndim <= a < ndim:
-            raise ValueError(
-                f"`{name}`={axis!r} is out of range for an array of rank {ndim}."
-            )
+            raise ValueError(f"`{name}`={axis!r} is out of range for an array of rank {ndim}.")
         out.append(a % ndim)
     if len(set(out)) != len(out):
         raise ValueError(f"`{name}`={axis!r} repeats an axis.")

@@ -13,6 +13,7 @@ gradient of ``hidden``.
 
 import functools
 from collections.abc import Hashable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,65 +21,103 @@ from jax import lax
 
 from jaxsce._linear import (
     DEFAULT_CHUNK_SIZE,
+    LinearCrossEntropyAux,
+    _aux_values,
+    _check_bound_in_backward,
     _check_labels,
     _check_options,
     _chunk_dlogits,
     _chunk_stats,
     _combine_shards,
     _example_losses,
-    _local_labels,
+    _layout,
     _mask_losses,
+    _per_device,
     _reduce,
     _row_scale,
     _row_values,
+    _softcap,
+    _softcap_grad,
+    _Static,
+    _sum_to,
+    _vma,
     checked_linear_loss,
 )
 from jaxsce._logsumexp import compute_dtype
 
 
-def _shard_layout(v_local, axis_name, labels):
-    """(local labels, owned mask, full vocabulary size, local column indices)."""
-    local_labels, num_classes = _local_labels(labels, v_local, axis_name)
-    owned = (local_labels >= 0) & (local_labels < v_local)
-    cols = lax.iota(labels.dtype, v_local)
-    return local_labels, owned, num_classes, cols
-
-
-def _vp_forward(logits, labels, axis_name, ignore_index, eps, zeta):
-    z = logits.astype(compute_dtype(logits.dtype))
-    local_labels, owned, num_classes, cols = _shard_layout(z.shape[-1], axis_name, labels)
-    m_l, rest_l, zy_l, zsum_l = _chunk_stats(z, cols, local_labels, None, bool(eps))
-    m, rest, m_minus_zy, zsum = _combine_shards(
-        m_l, rest_l, zy_l, zsum_l, owned, axis_name, bool(eps)
+def _vp_forward(logits, labels, st: _Static):
+    z_raw = logits.astype(compute_dtype(logits.dtype))
+    z = _softcap(z_raw, st.logit_softcap)
+    lay = _layout(z[:, :0], z, None, labels, st)
+    cols = lax.iota(jnp.int32, z.shape[-1])
+    with_gap = bool(st.label_smoothing)
+    m_l, rest_l, zy_l, gap_l = _chunk_stats(z, cols, lay.local, None, with_gap)
+    m, rest, m_minus_zy, gap = _combine_shards(
+        m_l, rest_l, zy_l, gap_l, z.shape[-1], lay.owned, st.axis_name, with_gap
     )
-    row = _row_values(m, rest, m_minus_zy, labels, num_classes, ignore_index)
-    loss = _example_losses(row["m"], row["rest"], m_minus_zy, zsum, num_classes, eps, zeta)
-    return _mask_losses(loss, row), (m, rest, m_minus_zy)
+    row = _row_values(m, rest, m_minus_zy, lay.ignored, lay.bad)
+    loss = _example_losses(
+        row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
+    )
+    return _mask_losses(loss, row), row, lay
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _vp_ce(logits, labels, axis_name, ignore_index, eps, zeta):
-    """Per-example loss from local logits ``(N, V / S)``, the same on every shard."""
-    loss, _ = _vp_forward(logits, labels, axis_name, ignore_index, eps, zeta)
-    return loss
+def _vp_outputs(loss, row, with_aux):
+    if not with_aux:
+        return (loss,)
+    lse, logp, correct = _aux_values(row)
+    return loss, lse, logp, correct.astype(loss.dtype)
 
 
-def _vp_ce_fwd(logits, labels, axis_name, ignore_index, eps, zeta):
-    loss, stats = _vp_forward(logits, labels, axis_name, ignore_index, eps, zeta)
-    return loss, (logits, labels, stats)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _vp_ce(logits, labels, st: _Static, with_aux: bool):
+    """Per-example outputs from local logits ``(N, V / S)``, the same on every shard."""
+    loss, row, _ = _vp_forward(logits, labels, st)
+    return _vp_outputs(loss, row, with_aux)
 
 
-def _vp_ce_bwd(axis_name, ignore_index, eps, zeta, res, g):
-    logits, labels, (m, rest, m_minus_zy) = res
-    z = logits.astype(m.dtype)
-    local_labels, _, num_classes, cols = _shard_layout(z.shape[-1], axis_name, labels)
-    row = _row_values(m, rest, m_minus_zy, labels, num_classes, ignore_index)
-    row["scale"] = _row_scale(g.astype(m.dtype), row)
-    d = _chunk_dlogits(z, cols, local_labels, row, None, num_classes, eps, zeta)
-    return d.astype(logits.dtype), None
+def _vp_ce_fwd(logits, labels, st, with_aux):
+    loss, row, _ = _vp_forward(logits, labels, st)
+    stats = (row["m"], row["rest"], row["m_minus_zy"], row["empty"])
+    return _vp_outputs(loss, row, with_aux), (logits, labels, stats)
+
+
+def _vp_ce_bwd(st, with_aux, res, cts):
+    logits, labels, (m, rest, m_minus_zy, empty) = res
+    _check_bound_in_backward(st.axis_name)
+    z_raw = logits.astype(m.dtype)
+    z = _softcap(z_raw, st.logit_softcap)
+    lay = _layout(z[:, :0], z, None, labels, st)
+    row = _row_values(jnp.where(empty, -jnp.inf, m), rest, m_minus_zy, lay.ignored, lay.bad)
+    per_device = _per_device(st.axis_name)
+    cts = [lax.psum(g, st.axis_name) if per_device else g for g in cts]
+    row["scale"] = _row_scale(cts[0].astype(m.dtype), row)
+    if with_aux:
+        off = lay.ignored | lay.bad | row["empty"]
+        row["lse_scale"] = jnp.where(off, 0.0, cts[1].astype(m.dtype))
+        row["logp_scale"] = jnp.where(off, 0.0, cts[2].astype(m.dtype))
+    cols = lax.iota(jnp.int32, z.shape[-1])
+    d = _chunk_dlogits(
+        z, cols, lay.local, row, None, lay.num_classes, st.label_smoothing, st.z_loss
+    )
+    d = _softcap_grad(d, z_raw, st.logit_softcap)
+    d = jnp.where(lay.ignored[:, None], 0.0, d)  # NaN logits in an ignored row reach nothing
+    return _sum_to(d, _vma(logits), per_device).astype(logits.dtype), None
 
 
 _vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("st", "reduction", "return_aux"))
+def _vp_loss(logits, labels, st, reduction, return_aux):
+    z = logits.reshape(labels.size, logits.shape[-1])
+    outs = _vp_ce(z, labels.reshape(labels.size), st, return_aux)
+    loss = _reduce(outs[0].reshape(labels.shape), labels, reduction, st.ignore_index)
+    if not return_aux:
+        return loss
+    lse, logp, correct = (x.reshape(labels.shape) for x in outs[1:])
+    return loss, LinearCrossEntropyAux(lse, logp, correct > 0)
 
 
 def vocab_parallel_softmax_cross_entropy(
@@ -90,7 +129,9 @@ def vocab_parallel_softmax_cross_entropy(
     reduction: str = "none",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
-) -> jax.Array:
+    logit_softcap: float | None = None,
+    return_aux: bool = False,
+) -> Any:
     r"""Softmax cross-entropy of logits whose class axis is sharded over a mesh axis.
 
     Call it inside ``jax.shard_map`` on each device's slice of the logits:
@@ -118,10 +159,19 @@ def vocab_parallel_softmax_cross_entropy(
       reduction: as in :func:`jaxsce.linear_softmax_cross_entropy`.
       label_smoothing: as in :func:`jaxsce.linear_softmax_cross_entropy`.
       z_loss: as in :func:`jaxsce.linear_softmax_cross_entropy`.
+      logit_softcap: as in :func:`jaxsce.linear_softmax_cross_entropy`.
+      return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`.
 
     Returns:
       Per-example loss (float32, shape ``labels.shape``) or its reduction,
       identical on every shard; the gradient has ``local_logits``' dtype.
+      With ``return_aux=True``, ``(loss, LinearCrossEntropyAux)``.
+
+    Meshes: ``labels`` and the logits' rows may be sharded over other mesh
+    axes (a data x vocab mesh). Under ``shard_map(..., check_vma=False)`` the
+    backward pass sums the loss's cotangent over ``axis_name`` (one O(N)
+    all-reduce), as autodiff of the forward ``psum`` would. Under
+    ``jax.vmap(axis_name=...)`` values work; gradients raise a ValueError.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -139,25 +189,37 @@ def vocab_parallel_softmax_cross_entropy(
       Shoeybi et al., `Megatron-LM: Training Multi-Billion Parameter Language
       Models Using Model Parallelism <https://arxiv.org/abs/1909.08053>`_, 2019.
     """
+    fname = "vocab_parallel_softmax_cross_entropy"
+    ignore_index, _, logit_softcap = _check_options(
+        fname,
+        reduction,
+        label_smoothing,
+        z_loss,
+        ignore_index,
+        logit_softcap,
+        return_aux=return_aux,
+    )
     local_logits = jnp.asarray(local_logits)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(local_logits.dtype, jnp.floating):
-        raise TypeError(f"local_logits must have a floating dtype, got {local_logits.dtype}")
-    if local_logits.ndim < 1:
-        raise ValueError(f"local_logits must have a class axis, got shape {local_logits.shape}")
-    _check_labels(labels, local_logits.shape[:-1], "local_logits")
-    _check_options(
-        "vocab_parallel_softmax_cross_entropy", reduction, label_smoothing, z_loss, ignore_index
-    )
-    loss = _vp_ce(
-        local_logits.reshape(-1, local_logits.shape[-1]),
-        labels.reshape(-1),
+        raise TypeError(
+            f"{fname}: `local_logits` must have a floating dtype, got {local_logits.dtype}."
+        )
+    if local_logits.ndim < 1 or local_logits.shape[-1] == 0:
+        raise ValueError(
+            f"{fname}: `local_logits` must have a non-empty class axis, got shape"
+            f" {local_logits.shape}."
+        )
+    _check_labels(fname, labels, local_logits.shape[:-1], "local_logits")
+    st = _Static(
+        DEFAULT_CHUNK_SIZE,
         axis_name,
         ignore_index,
         float(label_smoothing),
         float(z_loss),
-    ).reshape(labels.shape)
-    return _reduce(loss, labels, reduction, ignore_index)
+        logit_softcap,
+    )
+    return _vp_loss(local_logits, labels, st, reduction, return_aux)
 
 
 def vocab_parallel_linear_softmax_cross_entropy(
@@ -171,8 +233,11 @@ def vocab_parallel_linear_softmax_cross_entropy(
     reduction: str = "none",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    logit_softcap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> jax.Array:
+    method: str = "auto",
+    return_aux: bool = False,
+) -> Any:
     r"""Fused linear + cross-entropy with the kernel's vocabulary axis sharded over a mesh axis.
 
     Call it inside ``jax.shard_map``: ``hidden`` is replicated over
@@ -196,12 +261,18 @@ def vocab_parallel_linear_softmax_cross_entropy(
       labels: global integer labels, shape ``hidden.shape[:-1]``.
       axis_name: the mesh axis the vocabulary is sharded over.
       local_bias: optional ``(V / S,)`` slice of the bias.
-      ignore_index, reduction, label_smoothing, z_loss, chunk_size: as in
-        :func:`jaxsce.linear_softmax_cross_entropy`.
+      ignore_index, reduction, label_smoothing, z_loss, logit_softcap, chunk_size,
+        method, return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`
+        (``"precompute"`` adds two O(N) all-reduces per block of rows).
 
     Returns:
       Per-example loss (shape ``labels.shape``) or its reduction, identical on
-      every shard.
+      every shard; with ``return_aux=True``, ``(loss, LinearCrossEntropyAux)``.
+
+    Meshes: ``hidden`` and ``labels`` may be sharded over other mesh axes (a
+    data x vocab mesh); the weight gradient is then summed over them. Under
+    ``shard_map(..., check_vma=False)`` the backward pass sums the loss's
+    cotangent over ``axis_name`` instead of the ``hidden`` gradient.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -226,5 +297,8 @@ def vocab_parallel_linear_softmax_cross_entropy(
         reduction,
         label_smoothing,
         z_loss,
+        logit_softcap,
         chunk_size,
+        method,
+        return_aux,
     )

@@ -76,17 +76,23 @@ def test_large_vocab_benchmark_reports_ratios_and_floor(tmp_path, capsys):
         memory_vocabs=(96, 192),
         repeats=1,
         chunk_sizes=(32, 64),
+        memory_rows=(64,),
         out=str(out),
     )
-    assert [row.v for row in rows] == [96, 192]
-    timed, untimed = rows
-    assert set(timed.seconds) == {"fused", "unfused jaxsce", "unfused optax", "matmul"}
+    assert [(row.n, row.v) for row in rows] == [(32, 96), (32, 192), (64, 96)]
+    timed, untimed, more_rows = rows
+    assert set(timed.seconds) == {
+        "precompute", "recompute", "unfused jaxsce", "unfused optax", "matmul"
+    }
     assert all(t > 0 for t in timed.seconds.values()) and untimed.seconds == {}
     assert all(b >= 0 for row in rows for b in row.temp.values())
-    assert out.read_text().endswith(text + "\n")
+    assert text + "\n" in out.read_text()
     assert "| 32 | 8 | 96 |" in text and "| 32 | 8 | 192 | - |" in text
+    assert "| 64 | 8 | 96 | - |" in text
     assert "| chunk_size |" in text and "\n| 64 | " in text  # the chunk-size table
-    assert "4 x matmul / unfused" in capsys.readouterr().out
+    assert "bfloat16" in text
+    printed = capsys.readouterr().out
+    assert "precompute/unfused" in printed and "4 x matmul / unfused" in printed
 
 
 def test_default_output_is_ignored_by_git_and_not_the_committed_results():

@@ -14,6 +14,8 @@ import optax
 import pytest
 
 import jaxsce
+from tests import _references
+from tests._references import integer_ce_mp, ulp_error
 
 INT = jaxsce.softmax_cross_entropy_with_integer_labels
 SOFT = jaxsce.softmax_cross_entropy
@@ -337,3 +339,40 @@ def test_bad_shapes_and_dtypes():
         INT(jnp.zeros((4, 0)), jnp.zeros((4,), jnp.int32))
     with pytest.raises(ValueError, match="does not broadcast"):
         INT(z, jnp.zeros((4,), jnp.int32), where=jnp.ones((3,), bool))
+
+
+# -- the accuracy range and its reference (issue 14 item 11) ------------------------
+
+
+def _margin_rows(num_classes, margins, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(-12, 0, (len(margins), num_classes)).astype(np.float32)
+    labels = rng.integers(num_classes, size=len(margins))
+    for row, margin in enumerate(margins):
+        z[row, labels[row]] = np.float32(z[row].max() + margin)
+    return z, labels
+
+
+def test_accuracy_range_stated_in_readme():
+    """Within 4 ulp up to label margin 70 at 1000 classes (a loss down to ~1e-29)."""
+    margins = (50.0, 60.0, 70.0)
+    z, y = _margin_rows(1000, margins)
+    refs = [integer_ce_mp(zi, int(yi)) for zi, yi in zip(z, y)]
+    loss_ref, grad_ref = np.array([r[0] for r in refs]), np.stack([r[1] for r in refs])
+    assert loss_ref.min() < 1e-28
+    step = jax.jit(jax.vmap(jax.value_and_grad(INT)))
+    loss, grad = step(z, y)
+    assert ulp_error(loss, loss_ref).max() <= 4
+    assert ulp_error(grad, grad_ref).max() <= 4
+
+
+def test_reference_has_enough_digits(monkeypatch):
+    """At 34 digits ``log(1 + r)`` keeps only a few digits of ``r ~ e^-70``; 120 keep all."""
+    z, y = _margin_rows(1000, (70.0,), seed=1)
+    fine = integer_ce_mp(z[0], int(y[0]))[0]
+    monkeypatch.setattr(_references, "DPS", 200)
+    finer = integer_ce_mp(z[0], int(y[0]))[0]
+    monkeypatch.setattr(_references, "DPS", 34)
+    coarse = integer_ce_mp(z[0], int(y[0]))[0]
+    assert ulp_error(fine, finer) <= 0.01
+    assert ulp_error(coarse, finer) > 4  # a 34-digit reference would flag a false error

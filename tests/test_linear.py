@@ -333,7 +333,7 @@ def _temp_bytes(loss_fn, n, d, v):
 
 def test_temporary_memory_is_bounded_and_flat_in_vocabulary():
     def fused(h, w, y):
-        return linear_softmax_cross_entropy(h, w, y, reduction="mean")
+        return linear_softmax_cross_entropy(h, w, y, reduction="mean", method="recompute")
 
     def unfused(h, w, y):
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(h @ w, y))
@@ -344,6 +344,27 @@ def test_temporary_memory_is_bounded_and_flat_in_vocabulary():
     assert abs(large - small) <= 0.01 * small, (small, large)
     # The bound can fail: the unfused computation needs the N x V logits and their gradient.
     assert _temp_bytes(unfused, 2048, 1024, 32768) > 64e6
+
+
+def test_precompute_memory_is_one_weight_buffer_and_flat_in_rows():
+    """"precompute": at most 64 MiB plus one weight-sized buffer, whatever N is."""
+
+    def fused(h, w, y):
+        return linear_softmax_cross_entropy(h, w, y, reduction="mean", method="precompute")
+
+    d, v = 1024, 32768
+    weight_bytes = 4 * d * v
+    small = _temp_bytes(fused, 2048, d, v)
+    large = _temp_bytes(fused, 8192, d, v)
+    assert small <= 64 * 2**20 + weight_bytes, small
+    assert large <= 64 * 2**20 + weight_bytes, large
+    # Flat in N but for the O(N D) gradient of hidden kept between the passes.
+    assert large - small <= 2 * 4 * (8192 - 2048) * d, (small, large)
+    # The bound can fail: the unfused computation's temporaries grow with N.
+    def unfused(h, w, y):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(h @ w, y))
+
+    assert _temp_bytes(unfused, 8192, d, v) > 64 * 2**20 + weight_bytes
 
 
 def test_docstring_examples():

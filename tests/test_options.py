@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import given, settings
-from jax.experimental import checkify
 from hypothesis import strategies as st
+from jax.experimental import checkify
 
 import jaxsce
 
@@ -430,6 +430,7 @@ def test_masked_classes_carry_no_target_gradient(x64, fused):
     lse = jax.nn.logsumexp(z, axis=-1, where=m, keepdims=True)
     np.testing.assert_allclose(np.where(valid, g, 0.0), np.where(valid, lse - z, 0.0))
     assert np.all(g[~valid] == 0)
+
     # The teacher's gradient through jaxsce.softmax, against jax.nn.softmax and
     # a masked textbook loss that JAX differentiates.
     def textbook(zt):
@@ -480,7 +481,9 @@ def test_axis_none_reduces_over_everything_as_optax_and_jax_nn():
     np.testing.assert_allclose(
         jaxsce.logsumexp(z, axis=None), jax.nn.logsumexp(z, axis=None), rtol=1e-6
     )
-    np.testing.assert_allclose(jaxsce.softmax(z, axis=None), jax.nn.softmax(z, axis=None), atol=1e-7)
+    np.testing.assert_allclose(
+        jaxsce.softmax(z, axis=None), jax.nn.softmax(z, axis=None), atol=1e-7
+    )
     np.testing.assert_allclose(
         jaxsce.log_softmax(z, axis=None), jax.nn.log_softmax(z, axis=None), atol=1e-6
     )
@@ -492,13 +495,12 @@ def test_every_axis_form_the_peers_accept():
         ref = jax.nn.logsumexp(z, axis=tuple(np.atleast_1d(axis).tolist()))
         np.testing.assert_allclose(jaxsce.logsumexp(z, axis=axis), ref, rtol=1e-6)
         np.testing.assert_allclose(
-            jaxsce.softmax(z, axis=axis), jax.nn.softmax(z, axis=tuple(np.atleast_1d(axis))),
+            jaxsce.softmax(z, axis=axis),
+            jax.nn.softmax(z, axis=tuple(np.atleast_1d(axis))),
             atol=1e-7,
         )
     labels = jnp.zeros((5,), jnp.int32)
-    np.testing.assert_allclose(
-        INT(z, labels, axis=[0, 1]), INT(z, labels, axis=(0, 1)), rtol=0
-    )
+    np.testing.assert_allclose(INT(z, labels, axis=[0, 1]), INT(z, labels, axis=(0, 1)), rtol=0)
     np.testing.assert_allclose(
         INT(z, jnp.zeros((3, 4), jnp.int32), axis=np.int64(-1)),
         INT(z, jnp.zeros((3, 4), jnp.int32)),
@@ -541,9 +543,7 @@ def test_batch_shaped_where_is_a_per_example_mask_as_optax(fn):
     g = jax.grad(lambda z: f(z, y, where=keep, reduction="mean"))(z)
     assert np.all(g[1] == 0)
     # "mean" counts the unmasked examples only
-    np.testing.assert_allclose(
-        f(z, y, where=keep, reduction="mean"), jnp.sum(ours) / 3, rtol=1e-6
-    )
+    np.testing.assert_allclose(f(z, y, where=keep, reduction="mean"), jnp.sum(ours) / 3, rtol=1e-6)
 
 
 def test_zero_sample_weight_zeroes_an_infinite_loss():
@@ -607,14 +607,26 @@ def test_traced_options_equal_static_ones():
     @jax.jit
     def traced(z, eps, zeta, norm, w, s):
         return INT(
-            z, y, label_smoothing=eps, z_loss=zeta, normalizer=norm, class_weights=w,
-            sample_weights=s, reduction="mean",
+            z,
+            y,
+            label_smoothing=eps,
+            z_loss=zeta,
+            normalizer=norm,
+            class_weights=w,
+            sample_weights=s,
+            reduction="mean",
         )
 
     def static(z):
         return INT(
-            z, y, label_smoothing=0.2, z_loss=1e-2, normalizer=7.0, class_weights=w,
-            sample_weights=s, reduction="mean",
+            z,
+            y,
+            label_smoothing=0.2,
+            z_loss=1e-2,
+            normalizer=7.0,
+            class_weights=w,
+            sample_weights=s,
+            reduction="mean",
         )
 
     args = (jnp.float32(0.2), jnp.float32(1e-2), jnp.float32(7.0), w, s)
@@ -629,8 +641,10 @@ def test_traced_options_equal_static_ones():
         np.testing.assert_allclose(got, want, rtol=2e-6)
     # the gradient with respect to a traced option is the derivative of the loss
     d_eps = jax.grad(lambda e: INT(z, y, label_smoothing=e, reduction="sum"))(jnp.float32(0.2))
-    fd = (INT(z, y, label_smoothing=0.201, reduction="sum")
-          - INT(z, y, label_smoothing=0.199, reduction="sum")) / 0.002
+    fd = (
+        INT(z, y, label_smoothing=0.201, reduction="sum")
+        - INT(z, y, label_smoothing=0.199, reduction="sum")
+    ) / 0.002
     np.testing.assert_allclose(d_eps, fd, rtol=1e-2)
     p = jax.nn.softmax(z)
     soft_t = jax.jit(lambda z, e, zl: SOFT(z, p, label_smoothing=e, z_loss=zl))
@@ -698,8 +712,11 @@ def test_t5x_label_on_an_impossible_class_is_inf(eps):
     where = jnp.array([[True, False, True, True], [True] * 4])
     loss = INT(z, jnp.array([1, 1]), where=where, label_smoothing=eps, smoothing="t5x")
     np.testing.assert_array_equal(loss, [np.inf, np.inf])
-    g = jax.grad(lambda z: jnp.sum(INT(z, jnp.array([1, 1]), where=where, label_smoothing=eps,
-                                       smoothing="t5x")))(z)
+    g = jax.grad(
+        lambda z: jnp.sum(
+            INT(z, jnp.array([1, 1]), where=where, label_smoothing=eps, smoothing="t5x")
+        )
+    )(z)
     assert not np.any(np.isnan(g))
 
 
@@ -726,11 +743,52 @@ def test_t5x_eps_one_with_a_possible_label_is_finite(x64):
 
 
 def test_ignored_rows_with_nan_logits():
-    """Documented: an ignored row's loss is 0 whatever its logits."""
-    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4)).at[1, 2].set(jnp.nan)
+    """An ignored row's loss is 0 and its gradient exactly 0, whatever its logits."""
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4)).at[1, 2].set(jnp.nan).at[1, 0].set(jnp.inf)
     y = jnp.array([0, -100, 2])
     loss = INT(z, y, ignore_index=-100)
     assert loss[1] == 0 and np.all(np.isfinite(loss))
-    assert np.isfinite(INT(z, y, ignore_index=-100, reduction="mean"))
-    g = jax.grad(lambda z: INT(z, y, ignore_index=-100, reduction="sum"))(z)
-    assert np.all(np.isfinite(np.asarray(g)[[0, 2]]))  # row 1: NaN, documented
+    for fused in (True, False):
+        kw = dict(ignore_index=-100, z_loss=1e-2, label_smoothing=0.1, fused=fused)
+        assert np.isfinite(INT(z, y, reduction="mean", **kw))
+        g = jax.grad(lambda z: INT(z, y, reduction="mean", **kw))(z)
+        assert np.all(g[1] == 0) and np.all(np.isfinite(g))
+        want = jax.grad(lambda z: INT(z, y, reduction="mean", **kw))(z.at[1].set(0.0))
+        np.testing.assert_allclose(g, want, rtol=1e-6)
+    # a weight of 0 likewise
+    g = jax.grad(
+        lambda z: INT(
+            z, jnp.array([0, 1, 2]), sample_weights=jnp.array([1.0, 0, 1]), reduction="sum"
+        )
+    )(z)
+    assert np.all(g[1] == 0) and np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("fn", ["int", "soft"])
+def test_traced_logit_softcap(x64, fn):
+    """An array cap equals the static one, and d/dc matches the plain formula."""
+    z = 40 * jax.random.normal(jax.random.PRNGKey(0), (4, 6), jnp.float64)
+    labels = jnp.array([0, 5, 2, 3])
+    y = labels if fn == "int" else jax.nn.softmax(z / 50)
+    f = INT if fn == "int" else SOFT
+
+    def plain(z, c):
+        zc = c * jnp.tanh(z / c)
+        lse = jax.nn.logsumexp(zc, axis=-1)
+        if fn == "int":
+            return jnp.sum(lse - jnp.take_along_axis(zc, labels[:, None], -1)[:, 0])
+        return jnp.sum(jnp.sum(y * (lse[:, None] - zc), -1))
+
+    traced = jax.jit(lambda z, c: jnp.sum(f(z, y, logit_softcap=c)))
+    c = jnp.float64(30.0)
+    np.testing.assert_allclose(traced(z, c), jnp.sum(f(z, y, logit_softcap=30.0)), rtol=1e-13)
+    np.testing.assert_allclose(traced(z, c), plain(z, c), rtol=1e-13)
+    for arg in (0, 1):
+        np.testing.assert_allclose(
+            jax.grad(traced, arg)(z, c), jax.grad(plain, arg)(z, c), rtol=1e-11, atol=1e-13
+        )
+    assert abs(jax.grad(plain, 1)(z, c)) > 1e-3  # the cap's gradient is not trivially 0
+    assert np.isnan(traced(z, -1.0))
+    err, _ = checkify.checkify(traced)(z, 0.0)
+    with pytest.raises(Exception, match="logit_softcap.*> 0"):
+        err.throw()

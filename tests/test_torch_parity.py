@@ -133,3 +133,69 @@ def test_all_ignored_mean_differs_from_pytorch_by_design():
     want, _ = _torch(z, labels, None, dict(reduction="mean", ignore_index=-100))
     assert np.isnan(want)
     assert INT(jnp.asarray(z), jnp.asarray(labels), ignore_index=-100, reduction="mean") == 0
+
+
+# -- sigmoid binary cross-entropy: BCEWithLogitsLoss --------------------------------
+
+BCE = jaxsce.sigmoid_binary_cross_entropy
+BCE_CASES = {
+    "none": dict(reduction="none"),
+    "mean": dict(reduction="mean"),
+    "sum": dict(reduction="sum"),
+    "pos_weight-mean": dict(reduction="mean", pos_weight=True),
+    "pos_weight-none": dict(reduction="none", pos_weight=True),
+    "pos_weight-sum-soft": dict(reduction="sum", pos_weight=True, soft=True),
+}
+
+
+@pytest.mark.parametrize("opts", BCE_CASES.values(), ids=BCE_CASES.keys())
+def test_sigmoid_binary_cross_entropy(opts):
+    rng = np.random.default_rng(4)
+    z = (3 * rng.standard_normal((6, 5))).astype(np.float32)
+    if opts.get("soft"):
+        y = rng.uniform(size=(6, 5)).astype(np.float32)
+    else:
+        y = rng.integers(0, 2, size=(6, 5)).astype(np.float32)
+    pw = rng.uniform(0.2, 4.0, 5).astype(np.float32)  # one per class, PyTorch's broadcast
+    zt, yt = torch.tensor(z, requires_grad=True), torch.tensor(y, requires_grad=True)
+    pwt = torch.tensor(pw) if opts.get("pos_weight") else None  # torch: no gradient
+    loss_t = F.binary_cross_entropy_with_logits(zt, yt, pos_weight=pwt, reduction=opts["reduction"])
+    loss_t.sum().backward()
+
+    def ours(z, y, pw):
+        return jnp.sum(
+            BCE(
+                z, y, pos_weight=pw if opts.get("pos_weight") else None, reduction=opts["reduction"]
+            )
+        )
+
+    args = (jnp.asarray(z), jnp.asarray(y), jnp.asarray(pw))
+    loss = BCE(
+        *args[:2],
+        pos_weight=args[2] if opts.get("pos_weight") else None,
+        reduction=opts["reduction"],
+    )
+    np.testing.assert_allclose(loss, loss_t.detach().numpy(), rtol=2e-6, atol=1e-6)
+    grads = jax.grad(ours, argnums=(0, 1))(*args)
+    np.testing.assert_allclose(grads[0], zt.grad.numpy(), rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(grads[1], yt.grad.numpy(), rtol=2e-5, atol=1e-6)
+
+
+def test_sigmoid_where_is_torch_weight_zero():
+    """``where`` against PyTorch's elementwise ``weight`` of 0 and 1 (sum)."""
+    rng = np.random.default_rng(5)
+    z = (3 * rng.standard_normal((4, 6))).astype(np.float32)
+    y = rng.integers(0, 2, size=(4, 6)).astype(np.float32)
+    m = rng.uniform(size=(4, 6)) < 0.7
+    zt = torch.tensor(z, requires_grad=True)
+    want = F.binary_cross_entropy_with_logits(
+        zt, torch.tensor(y), weight=torch.tensor(m.astype(np.float32)), reduction="sum"
+    )
+    want.backward()
+    loss, grad = jax.value_and_grad(
+        lambda z: BCE(z, jnp.asarray(y), where=jnp.asarray(m), reduction="sum")
+    )(jnp.asarray(z))
+    np.testing.assert_allclose(loss, want.detach().numpy(), rtol=2e-6)
+    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=2e-5, atol=1e-7)
+    mean = BCE(jnp.asarray(z), jnp.asarray(y), where=jnp.asarray(m), reduction="mean")
+    np.testing.assert_allclose(mean, want.detach().numpy() / m.sum(), rtol=2e-6)

@@ -128,7 +128,194 @@ def _measure():
     out["textbook_value_and_grad_all_reduces"] = _count_all_reduces(
         jax.jit(jax.value_and_grad(lambda z: jnp.mean(tb(z, labels)))), logits
     )
+    out.update(_meshes())
+    out["vmap_axis_name"] = _vmap_axis_name()
+    out["property"] = _property()
     return out
+
+
+def _plain_loss(logits, labels, ignore_index, eps, zeta, cap, reduction):
+    """Single-device reference from the full logits (plain jnp; JAX differentiates it)."""
+    import jax
+    import jax.numpy as jnp
+
+    z = logits if cap is None else cap * jnp.tanh(logits / cap)
+    v = z.shape[-1]
+    y = labels.astype(jnp.int32)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    q = (1.0 - eps) * jax.nn.one_hot(y, v, dtype=z.dtype) + eps / v
+    loss = jnp.sum(q * (lse[:, None] - z), axis=-1) + zeta * lse**2
+    keep = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+    loss = jnp.where(keep, loss, 0.0)
+    if reduction == "sum":
+        return jnp.sum(loss)
+    if reduction == "mean":
+        return jnp.sum(loss) / jnp.sum(keep).astype(loss.dtype)
+    return loss
+
+
+def _mesh_case(shape, check_vma, kind, method="auto", label_dtype="int32", **options):
+    """Max |difference| of the loss and the gradients against the plain reference.
+
+    ``shape`` is (data, vocab): hidden, logits and labels are sharded by rows
+    over "data", the class axis over "vocab". The per-shard loss is summed over
+    "data" (reduction "sum" or "mean" of the shard's rows, both sums).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+    from jax.sharding import PartitionSpec as P
+
+    from jaxsce._linear import linear_softmax_cross_entropy
+    from jaxsce._vocab_parallel import (
+        vocab_parallel_linear_softmax_cross_entropy,
+        vocab_parallel_softmax_cross_entropy,
+    )
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(shape), ("data", "vocab"))
+    k = jax.random.split(jax.random.key(1), 3)
+    hidden = jax.random.normal(k[0], (N, D))
+    weight = jax.random.normal(k[1], (D, V))
+    labels = jax.random.randint(k[2], (N,), 0, V)
+    ignore_index = options.get("ignore_index")
+    if ignore_index is not None and np.iinfo(label_dtype).min <= ignore_index:
+        labels = labels.at[::5].set(ignore_index)
+    labels = labels.astype(label_dtype)
+    opts = dict(options, reduction="sum")
+
+    def local(h, w, y):
+        if kind == "plain":  # the single-device loss inside a data-parallel shard_map
+            return linear_softmax_cross_entropy(h, w, y, chunk_size=4, method=method, **opts)
+        if kind == "linear":
+            return vocab_parallel_linear_softmax_cross_entropy(
+                h, w, y, axis_name="vocab", chunk_size=4, method=method, **opts
+            )
+        return vocab_parallel_softmax_cross_entropy(h @ w, y, axis_name="vocab", **opts)
+
+    sharded = jax.jit(
+        jax.shard_map(
+            lambda h, w, y: lax.psum(local(h, w, y), "data"),
+            mesh=mesh,
+            in_specs=(P("data"), P() if kind == "plain" else P(None, "vocab"), P("data")),
+            out_specs=P(),
+            check_vma=check_vma,
+        )
+    )
+
+    def plain(h, w):
+        return _plain_loss(
+            h @ w,
+            labels,
+            ignore_index,
+            options.get("label_smoothing", 0.0),
+            options.get("z_loss", 0.0),
+            options.get("logit_softcap"),
+            "sum",
+        )
+
+    got = jax.value_and_grad(lambda h, w: sharded(h, w, labels), (0, 1))(hidden, weight)
+    want = jax.value_and_grad(plain, (0, 1))(hidden, weight)
+    diffs = [_max_diff(got[0], want[0]) / float(np.abs(want[0]))]
+    diffs += [_max_diff(a, b) / float(np.max(np.abs(b))) for a, b in zip(got[1], want[1])]
+    return max(diffs)
+
+
+def _meshes():
+    """Every function and method on 2x2, 1x4 and 4x1 meshes, check_vma on and off."""
+    options = dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-3)
+    out = {}
+    for shape in ((2, 2), (1, 4), (4, 1)):
+        for check_vma in (True, False):
+            for kind, method in (
+                ("logits", "auto"),
+                ("linear", "recompute"),
+                ("linear", "precompute"),
+                ("plain", "recompute"),
+                ("plain", "precompute"),
+            ):
+                key = f"mesh {shape[0]}x{shape[1]} check_vma={check_vma} {kind} {method}"
+                try:
+                    out[key] = _mesh_case(shape, check_vma, kind, method, **options)
+                except Exception as e:  # reported, and failed by the test
+                    out[key] = f"{type(e).__name__}: {e}"[:500]
+    return out
+
+
+def _vmap_axis_name():
+    """Under vmap(axis_name=...): values right; gradients a clear error (not a wrong number)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsce._vocab_parallel import (
+        vocab_parallel_linear_softmax_cross_entropy,
+        vocab_parallel_softmax_cross_entropy,
+    )
+
+    k = jax.random.split(jax.random.key(2), 3)
+    hidden = jax.random.normal(k[0], (N, D))
+    weight = jax.random.normal(k[1], (D, V))
+    labels = jax.random.randint(k[2], (N,), 0, V)
+    shards = weight.reshape(D, SHARDS, V // SHARDS).transpose(1, 0, 2)
+    out = {"value": 0.0, "errors": []}
+    want = _plain_loss(hidden @ weight, labels, None, 0.0, 0.0, None, "sum")
+    for fn in ("linear", "logits"):
+
+        def total(h, w, fn=fn):
+            def one(w_s):
+                if fn == "linear":
+                    return vocab_parallel_linear_softmax_cross_entropy(
+                        h, w_s, labels, axis_name="s", reduction="sum", chunk_size=4
+                    )
+                return vocab_parallel_softmax_cross_entropy(
+                    h @ w_s, labels, axis_name="s", reduction="sum"
+                )
+
+            return jax.vmap(one, axis_name="s")(w)
+
+        values = total(hidden, shards)
+        out["value"] = max(out["value"], _max_diff(values, jnp.full((SHARDS,), want)))
+        try:
+            jax.grad(lambda w: total(hidden, w)[0])(shards)
+            out["errors"].append(None)
+        except ValueError as e:
+            out["errors"].append(str(e))
+    return out
+
+
+def _property():
+    """Hypothesis: meshes x check_vma x label dtypes x options x functions, few examples."""
+    import json as _json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    seen = []
+
+    @settings(max_examples=10, deadline=None, database=None, derandomize=True)
+    @given(
+        shape=st.sampled_from([(2, 2), (1, 4), (4, 1)]),
+        check_vma=st.booleans(),
+        kind=st.sampled_from(["logits", "linear"]),
+        method=st.sampled_from(["auto", "recompute", "precompute"]),
+        label_dtype=st.sampled_from(["int8", "uint8", "int16", "uint16", "int32", "uint32"]),
+        ignore_index=st.sampled_from([None, -100, 3]),
+        label_smoothing=st.sampled_from([0.0, 0.2]),
+        z_loss=st.sampled_from([0.0, 1e-3]),
+        logit_softcap=st.sampled_from([None, 4.0]),
+    )
+    def check(shape, check_vma, kind, method, label_dtype, **options):
+        diff = _mesh_case(shape, check_vma, kind, method, label_dtype, **options)
+        case = dict(shape=shape, check_vma=check_vma, kind=kind, method=method,
+                    label_dtype=label_dtype, **options)
+        seen.append(case)
+        assert diff <= 1e-5, _json.dumps(dict(case, diff=diff))
+
+    try:
+        check()
+    except AssertionError as e:
+        return {"failure": str(e)[:1000], "examples": len(seen)}
+    return {"failure": None, "examples": len(seen)}
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +364,30 @@ def test_all_reduce_counts(measured):
     assert measured["linear_value_and_grad_all_reduces"] == 3
     # The count can fail: the textbook formulation needs more.
     assert measured["textbook_value_and_grad_all_reduces"] > 2
+
+
+def test_every_mesh_and_check_vma_setting(measured):
+    """2x2, 1x4 and 4x1 (data x vocab) meshes, check_vma on and off: right gradients.
+
+    Today's code before this test crashed on the 2-D mesh (fori_loop carry
+    types) and gave 0.25x / 0.5x gradients with check_vma=False.
+    """
+    cases = {k: v for k, v in measured.items() if k.startswith("mesh ")}
+    assert len(cases) == 30
+    for key, value in cases.items():
+        assert isinstance(value, float), (key, value)
+        assert value <= 1e-5, (key, value)
+
+
+def test_vmap_axis_name(measured):
+    assert measured["vmap_axis_name"]["value"] <= 1e-4
+    for message in measured["vmap_axis_name"]["errors"]:
+        assert "jax.vmap(axis_name=...)" in message and "shard_map" in message
+
+
+def test_property_against_the_single_device_loss(measured):
+    assert measured["property"]["failure"] is None, measured["property"]
+    assert measured["property"]["examples"] >= 10
 
 
 if __name__ == "__main__":
