@@ -1,7 +1,9 @@
 """Markdown tables and the plot the benchmark writes into its results folder."""
 
+import math
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,15 @@ import optax
 
 from benchmarks import _libs
 from benchmarks._accuracy import AccuracyRow
+from benchmarks._nn import NNRow
 from benchmarks._speed import SpeedRow
 
 HEADLINE = (2048, 32768, "float32")
 TARGET_RATIO = 1.25
+# Issue 10's targets: no row above MAX_RATIO; geometric mean of forward +
+# backward at most GEOMEAN_RATIO (stretch: 1.0).
+MAX_RATIO = 1.5
+GEOMEAN_RATIO = 1.1
 
 
 def machine() -> dict[str, str]:
@@ -82,7 +89,59 @@ def ratio(rows: Sequence[SpeedRow], case: tuple[int, int, str], kind: str) -> fl
     if libs is None:
         return None
     ours = next(r for name, r in libs.items() if name.startswith("jaxsce"))
-    return getattr(ours, kind) / getattr(libs["optax"], kind)
+    theirs = getattr(libs["optax"], kind)
+    return None if not theirs else getattr(ours, kind) / theirs
+
+
+def spread(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float, float] | None:
+    """Smallest and largest ratio of two libraries' times taken in the same round."""
+    ratios = [a / b for a, b in zip(ours, theirs) if b > 0]
+    return (min(ratios), max(ratios)) if ratios else None
+
+
+def ratio_cell(median_ratio: float | None, lo_hi: tuple[float, float] | None) -> str:
+    """``**1.02** (0.95-1.10)``: the ratio of medians and the per-round range."""
+    if median_ratio is None:
+        return "-"
+    cell = f"**{median_ratio:.2f}**"
+    return cell if lo_hi is None else f"{cell} ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})"
+
+
+def per_byte(value: float | None) -> str:
+    return "-" if value is None or value < 0 else f"{value:.1f}"
+
+
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def target_summary(ratios: dict[str, list[float]], what: str) -> str:
+    """One line per kind: largest ratio and geometric mean against issue 10's targets."""
+    lines = []
+    for kind, values in ratios.items():
+        if not values:
+            continue
+        worst, mean = max(values), geomean(values)
+        checks = [f"largest {worst:.2f}x (target <= {MAX_RATIO}x: "
+                  f"{'met' if worst <= MAX_RATIO else 'NOT met'})"]
+        checks.append(f"geometric mean {mean:.2f}x over {len(values)} rows")
+        if kind == "fwd_bwd":
+            verdict = "met" if mean <= GEOMEAN_RATIO else "NOT met"
+            checks[-1] += f" (target <= {GEOMEAN_RATIO}x: {verdict})"
+        label = {"fwd": "forward", "fwd_bwd": "forward + backward"}[kind]
+        lines.append(f"- {what}, {label}: " + "; ".join(checks) + ".")
+    return "\n".join(lines)
+
+
+def ce_ratios(rows: Sequence[SpeedRow]) -> dict[str, list[float]]:
+    """kind -> jaxsce / optax ratio of medians at every measured case."""
+    out: dict[str, list[float]] = {"fwd": [], "fwd_bwd": []}
+    for case in _by_case(rows):
+        for kind in out:
+            r = ratio(rows, case, kind)
+            if r is not None:
+                out[kind].append(r)
+    return out
 
 
 def headline(rows: Sequence[SpeedRow]) -> str:
@@ -93,31 +152,93 @@ def headline(rows: Sequence[SpeedRow]) -> str:
         return f"Headline case N={n}, V={v} {dtype} was not measured in this run."
     verdict = "met" if r <= TARGET_RATIO else "NOT met"
     rd = ratio(rows, HEADLINE, "fwd_bwd_donated")
+    donated = "" if rd is None else f"; with logits donated: {rd:.2f}x"
     return (
         f"forward+backward N={n}, V={v} {dtype}: jaxsce / optax = {r:.2f}x "
-        f"(target <= {TARGET_RATIO}x: {verdict}); with logits donated: {rd:.2f}x"
+        f"(target <= {TARGET_RATIO}x: {verdict}){donated}"
     )
 
 
 def speed_tables(rows: Sequence[SpeedRow]) -> str:
-    """Median times in ms, one table per operation, with the jaxsce / optax ratio."""
+    """Median times in ms, one table per operation, with the jaxsce / optax ratio.
+
+    The ratio is that of the medians; in brackets, the smallest and largest
+    ratio of one round. The bytes columns are XLA's bytes accessed per logit.
+    """
     cases = _by_case(rows)
     names = list(dict.fromkeys(r.library for r in rows))
-    out = []
-    for kind, title in [
+    kinds = [
         ("fwd", "Forward (mean loss)"),
         ("fwd_bwd", "Forward + backward (`jax.value_and_grad` of the mean loss)"),
-        ("fwd_bwd_donated", "Forward + backward, logits donated (`donate_argnums=0`)"),
-    ]:
+    ]
+    if any(r.fwd_bwd_donated for r in rows):
+        kinds.append(("fwd_bwd_donated", "Forward + backward, logits donated (`donate_argnums=0`)"))
+    out = []
+    for kind, title in kinds:
         shown = [n for n in names if kind != "fwd_bwd_donated" or n != "PyTorch"]
+        jax_names = [n for n in shown if n != "PyTorch"]
         body = []
         for case, libs in cases.items():
             times = [ms(getattr(libs[n], kind)) if n in libs else "-" for n in shown]
-            r = ratio(rows, case, kind)
-            body.append([*case, *times, f"**{r:.2f}**" if r is not None else "-"])
+            ours = next(r for name, r in libs.items() if name.startswith("jaxsce"))
+            lo_hi = spread(getattr(ours, f"{kind}_samples"), getattr(libs["optax"], f"{kind}_samples"))
+            per = []
+            if kind != "fwd_bwd_donated":
+                per = [per_byte(getattr(libs[n], f"bytes_{kind}")) for n in jax_names]
+            body.append([*case, *times, ratio_cell(ratio(rows, case, kind), lo_hi), *per])
         header = ["N", "V", "dtype", *(f"{n} (ms)" for n in shown), "jaxsce / optax"]
+        if kind != "fwd_bwd_donated":
+            header += [f"{n} bytes/logit" for n in jax_names]
         out.append(f"#### {title}\n\n" + table(header, body))
     return "\n\n".join(out)
+
+
+def nn_tables(rows: Sequence[NNRow]) -> str:
+    """jaxsce against jax.nn: median ms, ratio with per-round range, bytes per logit."""
+    out = []
+    for kind, title in [("fwd", "Forward"), ("fwd_bwd", "Forward + backward")]:
+        body = []
+        cases: dict[tuple[str, int, int, str], dict[str, NNRow]] = {}
+        for r in rows:
+            cases.setdefault((r.function, r.n, r.v, r.dtype), {})[r.library] = r
+        for case, libs in cases.items():
+            ours, theirs = libs["jaxsce"], libs["jax.nn"]
+            lo_hi = spread(getattr(ours, f"{kind}_samples"), getattr(theirs, f"{kind}_samples"))
+            body.append(
+                [
+                    *case,
+                    ms(getattr(ours, kind)),
+                    ms(getattr(theirs, kind)),
+                    ratio_cell(getattr(ours, kind) / getattr(theirs, kind), lo_hi),
+                    per_byte(getattr(ours, f"bytes_{kind}")),
+                    per_byte(getattr(theirs, f"bytes_{kind}")),
+                ]
+            )
+        header = [
+            "function",
+            "N",
+            "V",
+            "dtype",
+            "jaxsce (ms)",
+            "jax.nn (ms)",
+            "jaxsce / jax.nn",
+            "jaxsce bytes/logit",
+            "jax.nn bytes/logit",
+        ]
+        out.append(f"#### {title}\n\n" + table(header, body))
+    return "\n\n".join(out)
+
+
+def nn_ratios(rows: Sequence[NNRow]) -> dict[str, list[float]]:
+    """kind -> jaxsce / jax.nn ratio of medians at every function, size and dtype."""
+    out: dict[str, list[float]] = {"fwd": [], "fwd_bwd": []}
+    by_case: dict[tuple[str, int, int, str], dict[str, NNRow]] = {}
+    for r in rows:
+        by_case.setdefault((r.function, r.n, r.v, r.dtype), {})[r.library] = r
+    for libs in by_case.values():
+        for kind in out:
+            out[kind].append(getattr(libs["jaxsce"], kind) / getattr(libs["jax.nn"], kind))
+    return out
 
 
 def memory_table(rows: Sequence[SpeedRow]) -> str:

@@ -6,16 +6,20 @@ ways, all under ``jax.jit``:
 * ``fwd``: the mean loss;
 * ``fwd+bwd``: ``jax.value_and_grad`` of the mean loss;
 * ``fwd+bwd donated``: the same with the logits buffer donated
-  (``donate_argnums=0``), so the gradient may be written over the logits.
+  (``donate_argnums=0``), so the gradient may be written over the logits
+  (its memory always; its time with ``donated=True``).
 
-The timed calls of all libraries are interleaved in one process. A donated
-buffer cannot be used twice, so the donated variant is timed as a chain: each
-call's gradient (same shape and dtype as the logits) is the next call's
-logits. PyTorch's ``cross_entropy`` is timed beside them where installed.
+The timed calls of all libraries are interleaved in one process, and every
+round's times are kept, so that the ratio of two libraries can be taken round
+by round. A donated buffer cannot be used twice, so the donated variant is
+timed as a chain: each call's gradient (same shape and dtype as the logits) is
+the next call's logits. PyTorch's ``cross_entropy`` is timed beside them where
+installed. XLA's bytes accessed per logit (``cost_analysis``) come with each.
 """
 
 import dataclasses
 import functools
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +43,11 @@ class SpeedRow:
     fwd: float
     fwd_bwd: float
     fwd_bwd_donated: float | None = None
+    fwd_samples: list[float] = dataclasses.field(default_factory=list)
+    fwd_bwd_samples: list[float] = dataclasses.field(default_factory=list)
+    fwd_bwd_donated_samples: list[float] = dataclasses.field(default_factory=list)
+    bytes_fwd: float | None = None
+    bytes_fwd_bwd: float | None = None
     temp_fwd_bwd: int | None = None
     temp_fwd_bwd_donated: int | None = None
     footprint_fwd_bwd: int | None = None
@@ -98,7 +107,13 @@ def _torch_callables(
 
 
 def measure(
-    n: int, v: int, dtype: str, repeats: int, warmup: int = 2, with_torch: bool = True
+    n: int,
+    v: int,
+    dtype: str,
+    repeats: int,
+    warmup: int = 2,
+    with_torch: bool = True,
+    donated: bool = False,
 ) -> list[SpeedRow]:
     """One row per library at size (n, v) and ``dtype``; see the module docstring."""
     logits, labels = make_inputs(n, v, DTYPES[dtype])
@@ -108,10 +123,11 @@ def measure(
         f = mean_loss(loss)
         fwd = jax.jit(f)
         fwd_bwd = jax.jit(jax.value_and_grad(f))
-        donated = jax.jit(jax.value_and_grad(f), donate_argnums=0)
+        donating = jax.jit(jax.value_and_grad(f), donate_argnums=0)
         fns[f"{name}|fwd"] = lambda fwd=fwd: fwd(logits, labels)
         fns[f"{name}|fwd_bwd"] = lambda fwd_bwd=fwd_bwd: fwd_bwd(logits, labels)
-        fns[f"{name}|fwd_bwd_donated"] = _DonatedChain(donated, logits, labels)
+        if donated:
+            fns[f"{name}|fwd_bwd_donated"] = _DonatedChain(donating, logits, labels)
         of_logits = functools.partial(lambda x, f: f(x, labels), f=f)
         rows[name] = SpeedRow(
             n,
@@ -121,18 +137,21 @@ def measure(
             0.0,
             0.0,
             temp_fwd_bwd=_timing.temp_bytes(fwd_bwd, logits, labels),
-            temp_fwd_bwd_donated=_timing.temp_bytes(donated, logits, labels),
+            temp_fwd_bwd_donated=_timing.temp_bytes(donating, logits, labels),
             footprint_fwd_bwd=_timing.footprint_bytes(fwd_bwd, logits, labels),
-            footprint_fwd_bwd_donated=_timing.footprint_bytes(donated, logits, labels),
+            footprint_fwd_bwd_donated=_timing.footprint_bytes(donating, logits, labels),
             residuals=_timing.residual_bytes(of_logits, logits),
             residuals_beyond_inputs=_timing.residual_bytes(of_logits, logits, exclude_inputs=True),
+            bytes_fwd=_timing.bytes_per_element(fwd, logits, labels, elements=n * v),
+            bytes_fwd_bwd=_timing.bytes_per_element(fwd_bwd, logits, labels, elements=n * v),
         )
     if with_torch and _libs.torch_version() is not None:
         for kind, fn in _torch_callables(logits, labels, dtype).items():
             fns[f"PyTorch|{kind}"] = fn
         rows["PyTorch"] = SpeedRow(n, v, dtype, "PyTorch", 0.0, 0.0)
-    medians = _timing.interleaved_medians(fns, repeats=repeats, warmup=warmup)
-    for key, seconds in medians.items():
+    samples = _timing.interleaved_samples(fns, repeats=repeats, warmup=warmup)
+    for key, seconds in samples.items():
         name, kind = key.split("|")
-        setattr(rows[name], kind, seconds)
+        setattr(rows[name], kind, statistics.median(seconds))
+        setattr(rows[name], f"{kind}_samples", seconds)
     return list(rows.values())

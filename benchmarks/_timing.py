@@ -14,15 +14,17 @@ from typing import Any
 import jax
 
 
-def interleaved_medians(
+def interleaved_samples(
     fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
-) -> dict[str, float]:
-    """Median wall time in seconds of each zero-argument callable.
+) -> dict[str, list[float]]:
+    """Wall times in seconds of each zero-argument callable, one per round.
 
     Each callable is called ``warmup`` times (compilation, caches), then the
     callables are called in turn ``repeats`` times, each round starting one
     place further along (so no callable always follows the same one); every
-    call is timed up to ``jax.block_until_ready`` of its result.
+    call is timed up to ``jax.block_until_ready`` of its result. Entry ``i``
+    of every list comes from the same round, so ratios of two callables can
+    be taken round by round.
 
     Args:
       fns: name -> zero-argument callable returning JAX arrays (or any pytree).
@@ -30,7 +32,7 @@ def interleaved_medians(
       warmup: number of untimed calls of each callable before timing.
 
     Returns:
-      name -> median seconds, in the order of ``fns``.
+      name -> list of ``repeats`` seconds, in the order of ``fns``.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -43,7 +45,27 @@ def interleaved_medians(
             start = time.perf_counter()
             jax.block_until_ready(fns[name]())
             samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall time in seconds of each callable (see :func:`interleaved_samples`)."""
+    samples = interleaved_samples(fns, repeats=repeats, warmup=warmup)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def bytes_per_element(jitted_fn: Any, *args: Any, elements: int) -> float:
+    """XLA's estimate of bytes accessed by one call, per element of the input.
+
+    From ``jitted_fn.lower(*args).compile().cost_analysis()["bytes accessed"]``;
+    -1 where the backend gives no cost analysis.
+    """
+    cost = jitted_fn.lower(*args).compile().cost_analysis()
+    if not cost or "bytes accessed" not in cost:
+        return -1.0
+    return float(cost["bytes accessed"]) / elements
 
 
 def temp_bytes(jitted_fn: Any, *args: Any) -> int:

@@ -207,6 +207,9 @@ def _xent_bwd(cap, res, g):
     dz = ((e * k - g_ce * y) - g_ce * y * rest) / (1 + rest)
     dz = jnp.where(empty[..., None], 0.0, dz)
     dz = jnp.where(_bad_labels(t, z)[..., None], jnp.nan, dz)
+    # A row whose loss does not reach the output (ignored, weight 0) has a
+    # gradient of exactly 0, NaN or inf logits included.
+    dz = jnp.where((g_ce == 0) & (g_lse == 0), 0.0, dz)
     if where is not None:
         dz = jnp.where(where, dz, 0.0)
     if cap is not None:
@@ -491,7 +494,7 @@ def _finish(
     if isinstance(z_loss, float) and z_loss == 0:
         z_term = jnp.zeros_like(ce)
     else:
-        z_term = jnp.where(keep, z_loss * lse**2, 0.0)
+        z_term = z_loss * jnp.where(keep, lse, 0.0) ** 2  # no 0 * NaN from ignored rows
     loss = jnp.where(keep, ce + z_term, 0.0)
     if weight is not None:
         loss = _xmul(weight, loss)  # a weight of 0 zeroes an infinite loss too
@@ -603,6 +606,9 @@ def _integer_labels_impl(
                 jax.scipy.special.xlogy(1 - eps, 1 - eps)
                 + (n - 1) * jax.scipy.special.xlogy(low, low)
             )
+    if not fused and (ignore_index is not None or where is not None):
+        # The plain formulation: JAX would carry 0 * NaN from an ignored row.
+        z = jnp.where(keep[..., None], z, jnp.zeros((), z.dtype))
     ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
     if smoothing == "t5x" and smoothed:
         ce = ce - entropy
@@ -811,7 +817,7 @@ def softmax_cross_entropy_with_integer_labels(
       a label on a masked or ``-inf`` class gives ``+inf``; ``-inf`` logits on
       other classes give a finite loss and a zero gradient there; a row of
       ``-inf`` logits gives ``+inf`` and a zero gradient; NaN or ``+inf``
-      logits give NaN (in an ignored example: loss 0, gradient row NaN). An
+      logits give NaN (in an ignored example: loss 0 and gradient 0). An
       empty batch gives an empty result (sum and mean: 0).
 
     Examples:

@@ -1,26 +1,31 @@
 """The benchmark harness runs end to end at its smallest size and writes its results."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
 import jaxsce
 from benchmarks import __main__ as harness
-from benchmarks import _accuracy, _timing
+from benchmarks import _accuracy, _nn, _report, _timing
 
 
 def test_harness_writes_tables_and_plot(tmp_path, capsys):
     results = harness.main(
         [
             *("--sizes", "256x1000", "--dtypes", "float32", "--repeats", "2"),
-            *("--no-large-vocab", "--out", str(tmp_path)),
+            *("--no-large-vocab", "--no-nn", "--out", str(tmp_path)),
         ]
     )
     markdown = (tmp_path / "results.md").read_text()
-    for heading in ("## Speed", "## Memory", "## Accuracy", "CPU", "jax"):
+    for heading in ("## Speed", "## Memory", "## Accuracy", "CPU", "jax", "bytes/logit"):
         assert heading in markdown
     assert "| 256 | 1000 | float32 |" in markdown
+    assert "cross-entropy vs optax, forward + backward: largest" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| 256 | 1000 |"))
+    assert "**" in row and "(" in row  # the ratio and its per-round range
     assert (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "results.json").read_text())["speed"]
     libraries = {row["library"] for row in results["speed"]}
@@ -88,3 +93,45 @@ def test_large_vocab_benchmark_reports_ratios_and_floor(tmp_path, capsys):
     assert "bfloat16" in text
     printed = capsys.readouterr().out
     assert "precompute/unfused" in printed and "4 x matmul / unfused" in printed
+
+
+def test_default_output_is_ignored_by_git_and_not_the_committed_results():
+    args = harness.parse_args([])
+    assert args.out == harness.DEFAULT_OUT != harness.DOCS_OUT
+    assert not args.update_docs and harness.parse_args(["--update-docs"]).update_docs
+    root = Path(harness.__file__).parent.parent
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(harness.DEFAULT_OUT / "results.md")], cwd=root
+    )
+    assert ignored.returncode == 0
+    committed = subprocess.run(
+        ["git", "check-ignore", "-q", str(harness.DOCS_OUT / "results.md")], cwd=root
+    )
+    assert committed.returncode == 1  # README's copy is tracked
+
+
+def test_classification_sizes_are_in_the_default_run():
+    sizes = harness.sizes_to_run(harness.parse_args([]))
+    for n in (256, 8192):
+        for v in (10, 100, 1000):
+            assert (n, v) in sizes
+    assert (2048, 131072) not in sizes
+    assert (2048, 131072) in harness.sizes_to_run(harness.parse_args(["--large"]))
+
+
+def test_jax_nn_comparison_runs_and_reports_bytes():
+    rows = _nn.measure(8, 16, "float32", repeats=2, warmup=1)
+    assert {(r.function, r.library) for r in rows} == {
+        (f, lib) for f in _nn.FUNCTIONS for lib in _nn.LIBRARIES
+    }
+    assert all(r.fwd > 0 and r.fwd_bwd > 0 and len(r.fwd_samples) == 2 for r in rows)
+    assert all(r.bytes_fwd is not None and r.bytes_fwd >= 4 for r in rows)  # reads each logit
+    text = _report.nn_tables(rows)
+    assert "| logsumexp | 8 | 16 | float32 |" in text and "jax.nn bytes/logit" in text
+
+
+def test_target_summary_says_when_a_target_is_missed():
+    met = _report.target_summary({"fwd": [1.2, 0.9], "fwd_bwd": [1.0, 1.05]}, "x")
+    assert "NOT" not in met
+    missed = _report.target_summary({"fwd": [1.6, 0.9], "fwd_bwd": [1.2, 1.2]}, "x")
+    assert missed.count("NOT met") == 2  # the largest forward ratio and the geometric mean

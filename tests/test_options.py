@@ -743,14 +743,25 @@ def test_t5x_eps_one_with_a_possible_label_is_finite(x64):
 
 
 def test_ignored_rows_with_nan_logits():
-    """Documented: an ignored row's loss is 0 whatever its logits."""
-    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4)).at[1, 2].set(jnp.nan)
+    """An ignored row's loss is 0 and its gradient exactly 0, whatever its logits."""
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 4)).at[1, 2].set(jnp.nan).at[1, 0].set(jnp.inf)
     y = jnp.array([0, -100, 2])
     loss = INT(z, y, ignore_index=-100)
     assert loss[1] == 0 and np.all(np.isfinite(loss))
-    assert np.isfinite(INT(z, y, ignore_index=-100, reduction="mean"))
-    g = jax.grad(lambda z: INT(z, y, ignore_index=-100, reduction="sum"))(z)
-    assert np.all(np.isfinite(np.asarray(g)[[0, 2]]))  # row 1: NaN, documented
+    for fused in (True, False):
+        kw = dict(ignore_index=-100, z_loss=1e-2, label_smoothing=0.1, fused=fused)
+        assert np.isfinite(INT(z, y, reduction="mean", **kw))
+        g = jax.grad(lambda z: INT(z, y, reduction="mean", **kw))(z)
+        assert np.all(g[1] == 0) and np.all(np.isfinite(g))
+        want = jax.grad(lambda z: INT(z, y, reduction="mean", **kw))(z.at[1].set(0.0))
+        np.testing.assert_allclose(g, want, rtol=1e-6)
+    # a weight of 0 likewise
+    g = jax.grad(
+        lambda z: INT(
+            z, jnp.array([0, 1, 2]), sample_weights=jnp.array([1.0, 0, 1]), reduction="sum"
+        )
+    )(z)
+    assert np.all(g[1] == 0) and np.all(np.isfinite(g))
 
 
 @pytest.mark.parametrize("fn", ["int", "soft"])

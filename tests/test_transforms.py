@@ -67,3 +67,35 @@ def test_transform(x64, name, dtype, transform):
         want = jax.grad(lambda z: jnp.sum(jnp.sin(ref(z, labels, soft64))))(z64)
     got = np.asarray(got.astype(jnp.float64))
     np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["label_smoothing", "z_loss", "normalizer", "logit_softcap", "pos_weight"],
+)
+def test_vmap_over_an_array_option(x64, option):
+    """A batch of option values under vmap equals one call per Python value."""
+    z, labels, _ = _inputs(jnp.float32)
+    values = {
+        "label_smoothing": [0.0, 0.1, 0.4],
+        "z_loss": [0.0, 1e-2, 1.0],
+        "normalizer": [1.0, 3.0, 10.0],
+        "logit_softcap": [1.0, 5.0, 30.0],
+        "pos_weight": [0.5, 1.0, 3.0],
+    }[option]
+    if option == "pos_weight":
+        y = (z > 0).astype(jnp.int32)
+
+        def f(v):
+            return jaxsce.sigmoid_binary_cross_entropy(z, y, pos_weight=v, reduction="mean")
+    else:
+
+        def f(v):
+            return jaxsce.softmax_cross_entropy_with_integer_labels(
+                z, labels, reduction="mean", **{option: v}
+            )
+
+    got = jax.vmap(f)(jnp.asarray(values, jnp.float32))
+    want = [f(v) for v in values]
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    assert np.ptp(np.asarray(want)) > 1e-3  # the option changes the loss
