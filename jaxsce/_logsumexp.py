@@ -243,6 +243,13 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     if num_classes <= block:
         rest = _rest_of(z, shift, empty)
         return MaxAndRest(shift, rest, empty)
+    return MaxAndRest(shift, _blocked_rest(z, shift, block_max, empty, block), empty)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _blocked_rest(z, shift, block_max, empty, block):
+    """:func:`_rest_of` over a row cut into blocks: only the top block excludes."""
+    num_classes = z.shape[-1]
     k = jnp.argmax(block_max, axis=-1)  # the block holding the largest class
     block_sum = _block_reduce(exp_shifted(z, shift[..., None]), jax.lax.add, 0.0, block)
     block_ids = jax.lax.broadcasted_iota(k.dtype, block_sum.shape, block_sum.ndim - 1)
@@ -250,8 +257,22 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
     in_row = index < num_classes
     top_block = jnp.take_along_axis(z, jnp.minimum(index, num_classes - 1), axis=-1)
-    rest = others + _rest_of(jnp.where(in_row, top_block, -jnp.inf), shift, empty)
-    return MaxAndRest(shift, rest, empty)
+    return others + _rest_of(jnp.where(in_row, top_block, -jnp.inf), shift, empty)
+
+
+@_blocked_rest.defjvp
+def _blocked_rest_jvp(block, primals, tangents):
+    """``d(1 + rest) = sum_k e^{z_k - m} (dz_k - dm)``: ``1 + rest`` is the plain sum.
+
+    Differentiating the blocked computation itself would transpose the gather
+    of the top block into a scatter and the block sums into windowed sums,
+    which XLA's CPU backend runs hundreds of times slower than this.
+    """
+    z, shift, block_max, empty = primals
+    dz, dshift, _, _ = tangents
+    rest = _blocked_rest(z, shift, block_max, empty, block)
+    e = exp_shifted(z, shift[..., None])
+    return rest, jnp.sum(e * dz, axis=-1) - (1 + rest) * dshift
 
 
 def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
