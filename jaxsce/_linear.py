@@ -188,11 +188,11 @@ def _softcap_grad(d: jax.Array, z_raw: jax.Array, cap: Any) -> jax.Array:
 
 
 def _softcap_dcap(d: jax.Array, z_raw: jax.Array, cap: Any) -> jax.Array:
-    r""":math:`\sum d_k\, \partial z_k / \partial c` for :math:`z = c 	anh(x / c)`.
+    r""":math:`\sum d_k\, \partial z_k / \partial c` for :math:`z = c \tanh(x / c)`.
 
     .. math::
-      rac{\partial z}{\partial c} = t - rac{x}{c}\,(1 - t)(1 + t),
-      \qquad t = 	anh(x / c).
+      \frac{\partial z}{\partial c} = t - \frac{x}{c}\,(1 - t)(1 + t),
+      \qquad t = \tanh(x / c).
     """
     t = jnp.tanh(z_raw / cap)
     return jnp.sum(d * (t - (z_raw / cap) * ((1.0 - t) * (1.0 + t))))
@@ -202,9 +202,9 @@ def _scalar_option_grads(row: dict[str, Any], g: jax.Array, st: _Static, num_cla
     r"""Cotangents of array ``label_smoothing`` and ``z_loss`` from the per-example values.
 
     .. math::
-      rac{\partial \ell}{\partial arepsilon} = z_y - ar z
-        = rac{g_{ap}}{V} - (m - z_y), \qquad
-      rac{\partial \ell}{\partial \zeta} = \operatorname{lse}^2,
+      \frac{\partial \ell}{\partial \varepsilon} = z_y - \bar z
+        = \frac{\mathrm{gap}}{V} - (m - z_y), \qquad
+      \frac{\partial \ell}{\partial \zeta} = \operatorname{lse}^2,
 
     weighted by the loss cotangent ``g`` (0 for ignored and empty rows, NaN
     for bad labels, as the loss is).
@@ -691,7 +691,9 @@ def _linear_ce(hidden, weight, bias, labels, opts, st: _Static, with_aux: bool):
 
 
 def _linear_ce_fwd(hidden, weight, bias, labels, opts, st, with_aux):
-    loss, row, _ = _forward(hidden, weight, bias, labels, _resolve(st, opts, compute_dtype(hidden.dtype)))
+    loss, row, _ = _forward(
+        hidden, weight, bias, labels, _resolve(st, opts, compute_dtype(hidden.dtype))
+    )
     res = (hidden, weight, bias, labels, opts, _saved_stats(row, st))
     return _outputs(loss, row, with_aux), res
 
@@ -1063,9 +1065,9 @@ def linear_softmax_cross_entropy(
     bias: jax.typing.ArrayLike | None = None,
     ignore_index: int | None = None,
     reduction: str = "none",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    logit_softcap: float | jax.typing.ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     method: str = "auto",
     return_aux: bool = False,
@@ -1131,6 +1133,16 @@ def linear_softmax_cross_entropy(
       z_loss: ``zeta >= 0``, adds ``zeta * lse(z) ** 2`` per example (PaLM).
       logit_softcap: ``c > 0`` replaces the logits by ``c * tanh(z / c)``
         (Gemma 2's ``final_logit_softcapping``); None (default) for none.
+
+        Each of these three is a Python number, compiled in (0 adds no work),
+        or a scalar array, traced ones included (a schedule in a jitted
+        step), passed to the fused rule as an operand: its gradient is the
+        true one (:math:`\partial\ell/\partial\varepsilon = z_y - \bar z`,
+        :math:`\partial\ell/\partial\zeta = \operatorname{lse}(z)^2`, and
+        :math:`\sum_k \partial\ell/\partial z_k\,(t_k - (x_k/c)(1 - t_k^2))`
+        for the cap), for both methods. A concrete value out of range raises a
+        ValueError; a traced one makes the loss NaN, and raises under
+        ``jax.experimental.checkify``.
       chunk_size: vocabulary columns per chunk of ``"recompute"``. Its
         temporary memory is a few ``N x chunk_size`` float32 arrays.
       method: ``"recompute"`` keeps O(N) values from the forward pass and
@@ -1222,9 +1234,7 @@ def checked_linear_loss(
         hash(st)
     except TypeError:
         raise ValueError(f"{fname}: `axis_name` must be hashable, got {axis_name!r}.") from None
-    return _fused_loss(
-        hidden, weight, bias, labels, opts, valid, st, reduction, method, return_aux
-    )
+    return _fused_loss(hidden, weight, bias, labels, opts, valid, st, reduction, method, return_aux)
 
 
 def _check_linear_args(fname, hidden, weight, labels, bias, sharded):

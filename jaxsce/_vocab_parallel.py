@@ -23,6 +23,7 @@ from jaxsce._linear import (
     DEFAULT_CHUNK_SIZE,
     LinearCrossEntropyAux,
     _aux_values,
+    _cast_cotangents,
     _check_bound_in_backward,
     _check_labels,
     _check_options,
@@ -31,7 +32,6 @@ from jaxsce._linear import (
     _combine_shards,
     _example_losses,
     _layout,
-    _cast_cotangents,
     _mask_losses,
     _nan_unless,
     _on,
@@ -145,9 +145,9 @@ def vocab_parallel_softmax_cross_entropy(
     axis_name: Hashable,
     ignore_index: int | None = None,
     reduction: str = "none",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    logit_softcap: float | jax.typing.ArrayLike | None = None,
     return_aux: bool = False,
 ) -> Any:
     r"""Softmax cross-entropy of logits whose class axis is sharded over a mesh axis.
@@ -175,9 +175,10 @@ def vocab_parallel_softmax_cross_entropy(
       axis_name: the mesh axis the class axis is sharded over.
       ignore_index: as in :func:`jaxsce.linear_softmax_cross_entropy`.
       reduction: as in :func:`jaxsce.linear_softmax_cross_entropy`.
-      label_smoothing: as in :func:`jaxsce.linear_softmax_cross_entropy`.
-      z_loss: as in :func:`jaxsce.linear_softmax_cross_entropy`.
-      logit_softcap: as in :func:`jaxsce.linear_softmax_cross_entropy`.
+      label_smoothing: as in :func:`jaxsce.linear_softmax_cross_entropy`: a
+        number, or a scalar array (traced ones too) with its true gradient.
+      z_loss: as ``label_smoothing``.
+      logit_softcap: as ``label_smoothing``, or None.
       return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`.
 
     Returns:
@@ -242,9 +243,9 @@ def vocab_parallel_linear_softmax_cross_entropy(
     local_bias: jax.typing.ArrayLike | None = None,
     ignore_index: int | None = None,
     reduction: str = "none",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    logit_softcap: float | jax.typing.ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     method: str = "auto",
     return_aux: bool = False,
@@ -274,7 +275,9 @@ def vocab_parallel_linear_softmax_cross_entropy(
       local_bias: optional ``(V / S,)`` slice of the bias.
       ignore_index, reduction, label_smoothing, z_loss, logit_softcap, chunk_size,
         method, return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`
-        (``"precompute"`` adds two O(N) all-reduces per block of rows).
+        (``"precompute"`` adds two O(N) all-reduces per block of rows;
+        ``label_smoothing``, ``z_loss`` and ``logit_softcap`` may be scalar
+        arrays, traced ones too, with their true gradients).
 
     Returns:
       Per-example loss (shape ``labels.shape``) or its reduction, identical on

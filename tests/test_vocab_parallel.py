@@ -163,7 +163,6 @@ def _mesh_case(shape, check_vma, kind, method="auto", label_dtype="int32", **opt
     "data" (reduction "sum" or "mean" of the shard's rows, both sums).
     """
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax import lax
     from jax.sharding import PartitionSpec as P
@@ -278,7 +277,10 @@ def _array_options_mesh():
 
             def local(h, w, y, eps, zeta, cap, kind=kind):
                 kw = dict(
-                    reduction="sum", ignore_index=-100, label_smoothing=eps, z_loss=zeta,
+                    reduction="sum",
+                    ignore_index=-100,
+                    label_smoothing=eps,
+                    z_loss=zeta,
                     logit_softcap=cap,
                 )
                 if kind == "logits":
@@ -294,13 +296,11 @@ def _array_options_mesh():
                 out_specs=P(),
                 check_vma=check_vma,
             )
-            got = jax.jit(
-                jax.value_and_grad(lambda h, w, *o: sharded(h, w, labels, *o), argnums)
-            )(hidden, weight, *options)
+            got = jax.jit(jax.value_and_grad(lambda h, w, *o: sharded(h, w, labels, *o), argnums))(
+                hidden, weight, *options
+            )
             diffs = [_max_diff(got[0], want[0]) / float(np.abs(want[0]))]
-            diffs += [
-                _max_diff(a, b) / float(np.max(np.abs(b))) for a, b in zip(got[1], want[1])
-            ]
+            diffs += [_max_diff(a, b) / float(np.max(np.abs(b))) for a, b in zip(got[1], want[1])]
             out[f"check_vma={check_vma} {kind}"] = max(diffs)
     return out
 
@@ -369,8 +369,14 @@ def _property():
     )
     def check(shape, check_vma, kind, method, label_dtype, **options):
         diff = _mesh_case(shape, check_vma, kind, method, label_dtype, **options)
-        case = dict(shape=shape, check_vma=check_vma, kind=kind, method=method,
-                    label_dtype=label_dtype, **options)
+        case = dict(
+            shape=shape,
+            check_vma=check_vma,
+            kind=kind,
+            method=method,
+            label_dtype=label_dtype,
+            **options,
+        )
         seen.append(case)
         assert diff <= 1e-5, _json.dumps(dict(case, diff=diff))
 
