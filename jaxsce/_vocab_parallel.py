@@ -114,11 +114,11 @@ def _vp_ce_bwd(st_static, with_aux, res, cts):
     d = _chunk_dlogits(
         z, cols, lay.local, row, None, lay.num_classes, st.label_smoothing, st.z_loss
     )
-    d = jnp.where(lay.ignored[:, None], 0.0, d)  # NaN logits in an ignored row reach nothing
     if "logit_softcap" in st.arrays:
-        opt_grads["logit_softcap"] = _softcap_dcap(d, z_raw, st.logit_softcap)
+        d_safe = jnp.where(lay.ignored[:, None], 0.0, d)  # NaN logits in ignored rows
+        opt_grads["logit_softcap"] = _softcap_dcap(d_safe, z_raw, st.logit_softcap)
     d = _softcap_grad(d, z_raw, st.logit_softcap)
-    d = jnp.where(lay.ignored[:, None], 0.0, d)
+    d = jnp.where(lay.ignored[:, None], 0.0, d)  # NaN logits in an ignored row reach nothing
     d_logits = _sum_to(d, _vma(logits), per_device).astype(logits.dtype)
     return d_logits, None, _cast_cotangents(opt_grads, opts, st_static, per_device)
 
