@@ -59,12 +59,21 @@ def _cache_file() -> pathlib.Path:
     return cache_dir() / f"{digest.hexdigest()[:32]}.pickle"
 
 
-def derive_all(cache: bool = False) -> list[Derivation]:
+def _derive(index: int) -> Derivation:
+    dv = DERIVATIONS[index]()
+    dv.prerender()
+    return dv
+
+
+def derive_all(cache: bool = False, processes: int = 1) -> list[Derivation]:
     """Run every derivation (several seconds); each carries its proofs and refuted claims.
 
     Args:
       cache: reuse the derivations of an earlier run of the same source files (keyed by
         their SHA-256, the Python and the sympy version), and store them after a fresh run.
+      processes: derive in this many forked worker processes (sympy is single-threaded).
+        Only for a process that has not started JAX's backends: forking a running JAX
+        runtime can deadlock.
     """
     path = _cache_file() if cache else None
     if path is not None and path.exists():
@@ -73,7 +82,13 @@ def derive_all(cache: bool = False) -> list[Derivation]:
                 return pickle.load(f)
         except Exception:  # a damaged or incompatible cache is re-derived
             pass
-    out = [derive() for derive in DERIVATIONS]
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            out = pool.map(_derive, range(len(DERIVATIONS)), chunksize=1)
+    else:
+        out = [_derive(index) for index in range(len(DERIVATIONS))]
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
