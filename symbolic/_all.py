@@ -7,6 +7,7 @@ import os
 import pathlib
 import pickle
 import sys
+from collections.abc import Callable
 
 import sympy as sp
 
@@ -65,7 +66,16 @@ def _derive(index: int) -> Derivation:
     return dv
 
 
-def derive_all(cache: bool = False, processes: int = 1) -> list[Derivation]:
+# The derivations the textbook checks need: DERIVATIONS[:TEXTBOOK] (the rest are the
+# library's algorithms).
+TEXTBOOK = DERIVATIONS.index(options) + 1
+
+
+def derive_all(
+    cache: bool = False,
+    processes: int = 1,
+    progress: Callable[[list[Derivation]], None] | None = None,
+) -> list[Derivation]:
     """Run every derivation (several seconds); each carries its proofs and refuted claims.
 
     Args:
@@ -74,6 +84,8 @@ def derive_all(cache: bool = False, processes: int = 1) -> list[Derivation]:
       processes: derive in this many forked worker processes (sympy is single-threaded).
         Only for a process that has not started JAX's backends: forking a running JAX
         runtime can deadlock.
+      progress: called with the derivations so far, in order, after each new one (not
+        when they come from the cache).
     """
     path = _cache_file() if cache else None
     if path is not None and path.exists():
@@ -86,9 +98,17 @@ def derive_all(cache: bool = False, processes: int = 1) -> list[Derivation]:
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(processes) as pool:
-            out = pool.map(_derive, range(len(DERIVATIONS)), chunksize=1)
+            out = []
+            for dv in pool.imap(_derive, range(len(DERIVATIONS))):
+                out.append(dv)
+                if progress is not None:
+                    progress(out)
     else:
-        out = [_derive(index) for index in range(len(DERIVATIONS))]
+        out = []
+        for index in range(len(DERIVATIONS)):
+            out.append(_derive(index))
+            if progress is not None:
+                progress(out)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
