@@ -28,8 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    import os
+
+    if args.check and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        # The check programs run a few times on a few dozen numbers: LLVM's optimisation,
+        # most of their compile time, would never pay for itself. Level 0 still computes
+        # IEEE float64 (no fast-math), so the errors stay ~1e-16. Read when JAX starts.
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+        ).strip()
+
     from symbolic import _render
-    from symbolic._all import cache_dir, derive_all
+    from symbolic._all import TEXTBOOK, cache_dir, derive_all
 
     if args.check and not args.fresh:
         # XLA's compiled checks are kept on disk too (JAX keys them by program and version).
@@ -39,7 +49,23 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-    derivations = derive_all(cache=not args.fresh)
+    programs = None
+
+    def progress(derived):
+        # The pool has forked: JAX may start. Trace the textbook checks and compile them
+        # while the workers derive the library's algorithms.
+        nonlocal programs
+        if args.check and len(derived) == TEXTBOOK:
+            from symbolic._check import Programs
+
+            programs = Programs()
+            programs.add(derived)
+            programs.start_textbook()
+
+    # Nothing has started JAX yet, so sympy may fork: two processes halve the derivation.
+    derivations = derive_all(
+        cache=not args.fresh, processes=min(2, os.cpu_count() or 1), progress=progress
+    )
     render = {
         "text": _render.render_text,
         "markdown": _render.render_markdown,
@@ -50,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from symbolic._check import check_all, format_table
 
-        rows = check_all(derivations)
+        rows = check_all(derivations, programs)
         doc += "\n" + format_table(rows, markdown=args.format != "text")
         ok = ok and all(row.ok for row in rows)
     if args.output:

@@ -7,6 +7,7 @@ import os
 import pathlib
 import pickle
 import sys
+from collections.abc import Callable
 
 import sympy as sp
 
@@ -59,12 +60,32 @@ def _cache_file() -> pathlib.Path:
     return cache_dir() / f"{digest.hexdigest()[:32]}.pickle"
 
 
-def derive_all(cache: bool = False) -> list[Derivation]:
+def _derive(index: int) -> Derivation:
+    dv = DERIVATIONS[index]()
+    dv.prerender()
+    return dv
+
+
+# The derivations the textbook checks need: DERIVATIONS[:TEXTBOOK] (the rest are the
+# library's algorithms).
+TEXTBOOK = DERIVATIONS.index(options) + 1
+
+
+def derive_all(
+    cache: bool = False,
+    processes: int = 1,
+    progress: Callable[[list[Derivation]], None] | None = None,
+) -> list[Derivation]:
     """Run every derivation (several seconds); each carries its proofs and refuted claims.
 
     Args:
       cache: reuse the derivations of an earlier run of the same source files (keyed by
         their SHA-256, the Python and the sympy version), and store them after a fresh run.
+      processes: derive in this many forked worker processes (sympy is single-threaded).
+        Only for a process that has not started JAX's backends: forking a running JAX
+        runtime can deadlock.
+      progress: called with the derivations so far, in order, after each new one (not
+        when they come from the cache).
     """
     path = _cache_file() if cache else None
     if path is not None and path.exists():
@@ -73,7 +94,21 @@ def derive_all(cache: bool = False) -> list[Derivation]:
                 return pickle.load(f)
         except Exception:  # a damaged or incompatible cache is re-derived
             pass
-    out = [derive() for derive in DERIVATIONS]
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            out = []
+            for dv in pool.imap(_derive, range(len(DERIVATIONS))):
+                out.append(dv)
+                if progress is not None:
+                    progress(out)
+    else:
+        out = []
+        for index in range(len(DERIVATIONS)):
+            out.append(_derive(index))
+            if progress is not None:
+                progress(out)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

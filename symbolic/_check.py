@@ -8,6 +8,7 @@ formulation (``fused=False``) and jaxsce's hand-written custom_vjp (``fused=True
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 
@@ -142,13 +143,83 @@ def _textbook_legs(f, z, y, mask, label, masked: bool) -> dict[str, tuple]:
     return out
 
 
-def check_all(derivations: list[Derivation]) -> list[Row]:
+class Programs:
+    """The check programs, each traced once its formulas exist and compiled in a thread.
+
+    XLA's compilation releases the GIL, so the programs compile in parallel with each
+    other and with whatever the caller does next (``python -m symbolic`` traces the
+    textbook programs while its worker processes still derive the library's algorithms).
+    """
+
+    def __init__(self) -> None:
+        self.f: dict = {}
+        self.names: dict = {}
+        self.compiled: dict = {}  # structure -> Future of the compiled program
+        self._threads = concurrent.futures.ThreadPoolExecutor(3)
+        with jax.enable_x64(True):
+            self.textbook_points = list(points())
+            rng = np.random.default_rng(7)
+            self.library_points = [
+                (
+                    jnp.asarray(rng.normal(size=(6, 8)) * scale),
+                    jnp.asarray(rng.random((6, 8))),
+                    jnp.asarray(rng.integers(0, 8, 6)),
+                )
+                for scale in (1.0, 1e3)
+            ]
+
+    def add(self, derivations: list[Derivation]) -> None:
+        """Make the formulas of ``derivations`` available to the programs."""
+        for dv in derivations:
+            self.f.update({name: form.jax for name, form in dv.formulas.items()})
+
+    def start_textbook(self) -> None:
+        """Trace the textbook legs (one program per structure, masked or not); compile."""
+        if True in self.compiled:
+            return
+
+        def textbook(masked, z, y, mask, label):
+            out = _textbook_legs(self.f, z, y, mask, label, masked)
+            self.names[masked] = list(out)
+            return list(out.values())
+
+        legs = jax.jit(textbook, static_argnums=(0,))
+        with jax.enable_x64(True):
+            for z, y, mask, label, masked in self.textbook_points:
+                if masked not in self.compiled:
+                    lowered = legs.lower(masked, z, y, mask, label)
+                    self.compiled[masked] = self._threads.submit(lowered.compile)
+
+    def start_library(self) -> None:
+        """Trace the legs of the library's algorithms (items 1-7); compile."""
+        if "library" in self.compiled:
+            return
+
+        def library(z, y, label):
+            out = _library_legs(self.f, z, y, label)
+            self.names["library"] = list(out)
+            return list(out.values())
+
+        with jax.enable_x64(True):
+            lowered = jax.jit(library).lower(*self.library_points[0])
+        self.compiled["library"] = self._threads.submit(lowered.compile)
+
+
+def check_all(derivations: list[Derivation], programs: Programs | None = None) -> list[Row]:
     """Evaluate every formula of ``derivations`` against autodiff and jaxsce.
 
     Each set of legs is one ``jax.jit`` program, compiled once per structure (masked or
     not) and reused for every point: far fewer compilations than op-by-op evaluation.
+
+    Args:
+      derivations: every derivation, from :func:`symbolic.derive_all`.
+      programs: the programs, some of them maybe already started; new ones by default.
     """
-    f = {name: form.jax for dv in derivations for name, form in dv.formulas.items()}
+    programs = programs or Programs()
+    programs.add(derivations)
+    programs.start_textbook()
+    programs.start_library()
+    f, names = programs.f, programs.names
     rows: dict[str, list[tuple[float, float | None]]] = {}
 
     def add(name, sym, auto, fused=None):
@@ -156,31 +227,14 @@ def check_all(derivations: list[Derivation]) -> list[Row]:
             (_err(sym, auto), None if fused is None else _err(sym, fused))
         )
 
-    names: dict = {}
-
-    def textbook(masked, z, y, mask, label):
-        out = _textbook_legs(f, z, y, mask, label, masked)
-        names[masked] = list(out)
-        return list(out.values())
-
-    def library(z, y, label):
-        out = _library_legs(f, z, y, label)
-        names["library"] = list(out)
-        return list(out.values())
-
     with jax.enable_x64(True):
-        legs = jax.jit(textbook, static_argnums=(0,))
-        for z, y, mask, label, masked in points():
-            values = legs(masked, z, y, mask, label)
+        compiled = {key: future.result() for key, future in programs.compiled.items()}
+        for z, y, mask, label, masked in programs.textbook_points:
+            values = compiled[masked](z, y, mask, label)
             for name, (sym, auto, fused) in zip(names[masked], values, strict=True):
                 add(name, sym, auto, fused)
-        rng = np.random.default_rng(7)
-        library_legs = jax.jit(library)
-        for scale in (1.0, 1e3):
-            z = jnp.asarray(rng.normal(size=(6, 8)) * scale)
-            y = jnp.asarray(rng.random((6, 8)))
-            label = jnp.asarray(rng.integers(0, 8, 6))
-            values = library_legs(z, y, label)
+        for z, y, label in programs.library_points:
+            values = compiled["library"](z, y, label)
             for name, (sym, auto, fused) in zip(names["library"], values, strict=True):
                 add(name, sym, auto, fused)
         # dL/dp at random distributions (p from logits can underflow to 0).

@@ -63,6 +63,8 @@ class Derivation:
       steps: the derivation, step by step.
       rejected: wrong claims, each of which the prover must refute with a witness.
       formulas: the proven closed forms, ready for JAX.
+      rendered: its lines in each output format, rendered by :meth:`prerender` from the
+        expressions as built (an unpickled copy of them is re-evaluated by sympy).
     """
 
     key: str
@@ -73,6 +75,13 @@ class Derivation:
     steps: list[Step] = dataclasses.field(default_factory=list)
     rejected: list[Proof] = dataclasses.field(default_factory=list)
     formulas: dict[str, Formula] = dataclasses.field(default_factory=dict)
+    rendered: dict[str, list[str]] = dataclasses.field(default_factory=dict, repr=False)
+
+    def prerender(self) -> None:
+        """Render every output format now, before the derivation is pickled."""
+        from symbolic._render import prerender
+
+        prerender(self)
 
     def say(
         self,

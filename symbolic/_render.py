@@ -88,22 +88,45 @@ def render_text(derivations: list[Derivation]) -> str:
     """Terminal output: each derivation, step by step, with its proofs and refuted claims."""
     lines = []
     for dv in derivations:
-        lines += ["", f"== {dv.title} =="]
-        lines += [f"  {sentence}" for sentence in _sources(dv)]
-        for step in dv.steps:
-            if step.text:
-                lines.append(f"  {step.text}")
-            if step.rhs is not None:
-                lhs = f"{text(step.lhs)} = " if step.lhs is not None else "  = "
-                rhs = text(step.rhs).replace("\n", "\n" + " " * (6 + len(lhs)))
-                lines.append(f"      {lhs}{rhs}")
-            if step.proof is not None:
-                lines.append(f"      [{_mark(step.proof)}: {step.proof.name}]")
-        for proof in dv.rejected:
-            where = _witness(proof)
-            mark = "✓ refuted" if _refuted(proof) else "✗ NOT refuted"
-            lines.append(f"  {mark}: {proof.name}" + (f"  (witness: {where})" if where else ""))
+        lines += _body(dv, "text")
     return "\n".join(lines) + "\n"
+
+
+def _body(dv: Derivation, fmt: str) -> list[str]:
+    """The lines of one derivation, as rendered where it was derived (see ``prerender``)."""
+    if fmt in dv.rendered:
+        return dv.rendered[fmt]
+    return {"text": _text_body, "markdown": _markdown_body, "latex": _latex_body}[fmt](dv)
+
+
+def prerender(dv: Derivation) -> None:
+    """Render ``dv`` in every format now, from the expressions as they were built.
+
+    sympy rebuilds an unpickled expression through its constructor, which evaluates it
+    again (``(δ - p) p (-y/p)`` comes back as ``-(δ - p) y``): a derivation from a worker
+    process or from the cache would print other steps than the ones proven.
+    """
+    for fmt, body in (("text", _text_body), ("markdown", _markdown_body), ("latex", _latex_body)):
+        dv.rendered[fmt] = body(dv)
+
+
+def _text_body(dv: Derivation) -> list[str]:
+    lines = ["", f"== {dv.title} =="]
+    lines += [f"  {sentence}" for sentence in _sources(dv)]
+    for step in dv.steps:
+        if step.text:
+            lines.append(f"  {step.text}")
+        if step.rhs is not None:
+            lhs = f"{text(step.lhs)} = " if step.lhs is not None else "  = "
+            rhs = text(step.rhs).replace("\n", "\n" + " " * (6 + len(lhs)))
+            lines.append(f"      {lhs}{rhs}")
+        if step.proof is not None:
+            lines.append(f"      [{_mark(step.proof)}: {step.proof.name}]")
+    for proof in dv.rejected:
+        where = _witness(proof)
+        mark = "✓ refuted" if _refuted(proof) else "✗ NOT refuted"
+        lines.append(f"  {mark}: {proof.name}" + (f"  (witness: {where})" if where else ""))
+    return lines
 
 
 _COLUMNS = 3  # a wider explicit matrix is broken into blocks of this many columns
@@ -221,21 +244,26 @@ def render_markdown(derivations: list[Derivation]) -> str:
     """A Markdown document with $$ math blocks."""
     out = ["# Derivations of jaxsce, proven by sympy", ""]
     for dv in derivations:
-        out += [f"## {dv.title}", ""]
-        out += [f"*{sentence}*" for sentence in _sources(dv)] + [""]
-        for step in dv.steps:
-            if step.text:
-                out += [step.text, ""]
-            if step.rhs is not None:
-                out += ["$$", _latex_step(step), "$$", ""]
-            if step.proof is not None:
-                out += [f"> {_mark(step.proof)}: `{step.proof.name}`", ""]
-        for proof in dv.rejected:
-            where = _witness(proof)
-            mark = "refuted" if _refuted(proof) else "NOT refuted"
-            out += [f"- {mark}: `{proof.name}`" + (f" (witness: {where})" if where else "")]
-        out.append("")
+        out += _body(dv, "markdown")
     return "\n".join(out)
+
+
+def _markdown_body(dv: Derivation) -> list[str]:
+    out = [f"## {dv.title}", ""]
+    out += [f"*{sentence}*" for sentence in _sources(dv)] + [""]
+    for step in dv.steps:
+        if step.text:
+            out += [step.text, ""]
+        if step.rhs is not None:
+            out += ["$$", _latex_step(step), "$$", ""]
+        if step.proof is not None:
+            out += [f"> {_mark(step.proof)}: `{step.proof.name}`", ""]
+    for proof in dv.rejected:
+        where = _witness(proof)
+        mark = "refuted" if _refuted(proof) else "NOT refuted"
+        out += [f"- {mark}: `{proof.name}`" + (f" (witness: {where})" if where else "")]
+    out.append("")
+    return out
 
 
 def render_latex(derivations: list[Derivation]) -> str:
@@ -251,27 +279,32 @@ def render_latex(derivations: list[Derivation]) -> str:
         r"\section*{Derivations of jaxsce, proven by sympy}",
     ]
     for dv in derivations:
-        out += [rf"\subsection*{{{latex_prose(dv.title)}}}"]
-        out += [r"\noindent\emph{" + latex_prose(s) + r"}\par" for s in _sources(dv, True)]
-        out += [r"\medskip"]
-        for step in dv.steps:
-            if step.text:
-                out += [r"\noindent " + latex_prose(step.text) + r"\par"]
-            if step.rhs is not None:
-                out += [r"\begin{equation*}", _latex_step(step), r"\end{equation*}"]
-            if step.proof is not None:
-                out += [
-                    rf"\noindent\textit{{{_mark(step.proof)[2:]}: "
-                    + latex_prose(step.proof.name)
-                    + r"}\par"
-                ]
-        for proof in dv.rejected:
-            where = _witness(proof)
-            mark = "refuted" if _refuted(proof) else "NOT refuted"
-            out += [
-                r"\noindent\textit{" + mark + ":} " + latex_prose(proof.name)
-                + (" (witness: " + latex_prose(where) + ")" if where else "")
-                + r"\par"
-            ]
+        out += _body(dv, "latex")
     out.append(r"\end{document}")
     return "\n".join(out) + "\n"
+
+
+def _latex_body(dv: Derivation) -> list[str]:
+    out = [rf"\subsection*{{{latex_prose(dv.title)}}}"]
+    out += [r"\noindent\emph{" + latex_prose(s) + r"}\par" for s in _sources(dv, True)]
+    out += [r"\medskip"]
+    for step in dv.steps:
+        if step.text:
+            out += [r"\noindent " + latex_prose(step.text) + r"\par"]
+        if step.rhs is not None:
+            out += [r"\begin{equation*}", _latex_step(step), r"\end{equation*}"]
+        if step.proof is not None:
+            out += [
+                rf"\noindent\textit{{{_mark(step.proof)[2:]}: "
+                + latex_prose(step.proof.name)
+                + r"}\par"
+            ]
+    for proof in dv.rejected:
+        where = _witness(proof)
+        mark = "refuted" if _refuted(proof) else "NOT refuted"
+        out += [
+            r"\noindent\textit{" + mark + ":} " + latex_prose(proof.name)
+            + (" (witness: " + latex_prose(where) + ")" if where else "")
+            + r"\par"
+        ]
+    return out

@@ -211,6 +211,23 @@ def test_derivations_survive_the_cache(derivations, x64):
     np.testing.assert_allclose(jac(jnp.full(3, 1 / 3))[0, 0], 2 / 9, rtol=1e-14)
 
 
+def test_cached_derivations_print_the_steps_as_derived(derivations):
+    """sympy re-evaluates an unpickled expression (``(δ - p) p (-y/p)`` comes back as
+    ``-(δ - p) y``): the cache and the worker processes of ``python -m symbolic`` keep each
+    derivation's rendering from before the pickle, so every format prints what was proven."""
+    import pickle
+
+    from symbolic import _render
+
+    again = pickle.loads(pickle.dumps(derivations))
+    for render in (_render.render_text, _render.render_markdown, _render.render_latex):
+        assert render(again) == render(derivations)
+    # Without the prerendered lines the copy would print re-evaluated steps.
+    for dv in again:
+        dv.rendered.clear()
+    assert _render.render_text(again) != _render.render_text(derivations)
+
+
 def test_cache_key_follows_the_sources(tmp_path, monkeypatch):
     from symbolic import _all
 
