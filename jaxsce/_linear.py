@@ -654,16 +654,23 @@ def _forward(hidden, weight, bias, labels, st: _Static):
     """Per-example rows of statistics (one product), and the layout."""
     lay = _layout(hidden, weight, bias, labels, st)
     with_gap = _on(st.label_smoothing)
-    m_l, rest_l, zy_l, gap_l = _local_stats(lay.hidden, weight, bias, lay, st, with_gap)
+    local = _local_stats(lay.hidden, weight, bias, lay, st, with_gap)
+    loss, row = _losses_from_local(local, weight.shape[1], lay, st, with_gap)
+    return loss, row, lay
+
+
+def _losses_from_local(local, v_local, lay, st: _Static, with_gap: bool):
+    """Per-example losses and row values from one shard's (max, rest, z_y, gap)."""
+    m_l, rest_l, zy_l, gap_l = local
     m, rest, m_minus_zy, gap = _combine_shards(
-        m_l, rest_l, zy_l, gap_l, weight.shape[1], lay.owned, st.axis_name, with_gap
+        m_l, rest_l, zy_l, gap_l, v_local, lay.owned, st.axis_name, with_gap
     )
     row = _row_values(m, rest, m_minus_zy, lay.ignored, lay.bad)
     row["gap"] = gap
     loss = _example_losses(
         row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
     )
-    return _mask_losses(loss, row), row, lay
+    return _mask_losses(loss, row), row
 
 
 def _saved_stats(row: dict[str, Any], st: _Static) -> tuple:

@@ -22,24 +22,21 @@ from jax import lax
 from jaxsce._linear import (
     DEFAULT_CHUNK_SIZE,
     LinearCrossEntropyAux,
-    _aux_values,
     _cast_cotangents,
     _check_bound_in_backward,
     _check_labels,
     _check_options,
     _chunk_dlogits,
     _chunk_stats,
-    _combine_shards,
-    _example_losses,
     _layout,
-    _mask_losses,
+    _losses_from_local,
     _nan_unless,
     _on,
+    _outputs,
     _per_device,
     _reduce,
     _resolve,
     _restore_rows,
-    _row_values,
     _saved_stats,
     _scalar_option_grads,
     _set_scales,
@@ -61,23 +58,9 @@ def _vp_forward(logits, labels, st: _Static):
     lay = _layout(z[:, :0], z, None, labels, st)
     cols = lax.iota(jnp.int32, z.shape[-1])
     with_gap = _on(st.label_smoothing)
-    m_l, rest_l, zy_l, gap_l = _chunk_stats(z, cols, lay.local, None, with_gap)
-    m, rest, m_minus_zy, gap = _combine_shards(
-        m_l, rest_l, zy_l, gap_l, z.shape[-1], lay.owned, st.axis_name, with_gap
-    )
-    row = _row_values(m, rest, m_minus_zy, lay.ignored, lay.bad)
-    row["gap"] = gap
-    loss = _example_losses(
-        row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
-    )
-    return _mask_losses(loss, row), row, lay
-
-
-def _vp_outputs(loss, row, with_aux):
-    if not with_aux:
-        return (loss,)
-    lse, logp, correct = _aux_values(row)
-    return loss, lse, logp, correct.astype(loss.dtype)
+    local = _chunk_stats(z, cols, lay.local, None, with_gap)
+    loss, row = _losses_from_local(local, z.shape[-1], lay, st, with_gap)
+    return loss, row, lay
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -88,12 +71,12 @@ def _vp_ce(logits, labels, opts, st: _Static, with_aux: bool):
     """
     st = _resolve(st, opts, compute_dtype(logits.dtype))
     loss, row, _ = _vp_forward(logits, labels, st)
-    return _vp_outputs(loss, row, with_aux)
+    return _outputs(loss, row, with_aux)
 
 
 def _vp_ce_fwd(logits, labels, opts, st, with_aux):
     loss, row, _ = _vp_forward(logits, labels, _resolve(st, opts, compute_dtype(logits.dtype)))
-    return _vp_outputs(loss, row, with_aux), (logits, labels, opts, _saved_stats(row, st))
+    return _outputs(loss, row, with_aux), (logits, labels, opts, _saved_stats(row, st))
 
 
 def _vp_ce_bwd(st_static, with_aux, res, cts):
