@@ -38,7 +38,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxsce._cross_entropy import _all_valid as all_valid
 from jaxsce._cross_entropy import _check_options as check_loss_options
+from jaxsce._cross_entropy import _numeric_option as numeric_option
 from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_rest
 
 # Default number of vocabulary columns per chunk of the "recompute" method. The
@@ -83,9 +85,30 @@ class _Static(NamedTuple):
     chunk_size: int
     axis_name: Hashable | None
     ignore_index: int | None
-    label_smoothing: float
-    z_loss: float
-    logit_softcap: float | None
+    label_smoothing: Any
+    z_loss: Any
+    logit_softcap: Any
+    # Options given as arrays: operands of the custom rules, in this order
+    # (their entries above are None until :func:`_resolve` puts them in).
+    arrays: tuple[str, ...] = ()
+
+
+def _on(x: Any) -> bool:
+    """Whether an option adds work: an array always, a number unless it is 0."""
+    return isinstance(x, jax.Array) or bool(x)
+
+
+def _resolve(st: _Static, opts: tuple, dtype: Any) -> _Static:
+    """``st`` with its array options (traced operands) put in, cast to ``dtype``."""
+    arrays: dict[str, Any] = {k: jnp.asarray(x).astype(dtype) for k, x in zip(st.arrays, opts)}
+    return st._replace(**arrays)
+
+
+def _cast_cotangents(grads: dict[str, jax.Array], opts: tuple, st: _Static, per_device: bool):
+    """The cotangents of the array options, summed as their primals are, in their dtypes."""
+    return tuple(
+        _sum_to(grads[k], _vma(x), per_device).astype(x.dtype) for k, x in zip(st.arrays, opts)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -147,12 +170,12 @@ def _merge_gap(
     return gap + n * (big - _finite_max(m)) + gap_c + n_c * (big - _finite_max(m_c))
 
 
-def _softcap(z: jax.Array, cap: float | None) -> jax.Array:
+def _softcap(z: jax.Array, cap: Any) -> jax.Array:
     r"""Gemma 2's soft cap :math:`c \tanh(z / c)` (identity when ``cap`` is None)."""
     return z if cap is None else cap * jnp.tanh(z / cap)
 
 
-def _softcap_grad(d: jax.Array, z_raw: jax.Array, cap: float | None) -> jax.Array:
+def _softcap_grad(d: jax.Array, z_raw: jax.Array, cap: Any) -> jax.Array:
     r"""Chain rule through the soft cap: :math:`\partial/\partial z_{raw} = d\,(1 - t^2)`.
 
     With :math:`t = \tanh(z_{raw} / c)`, written :math:`(1 - t)(1 + t)`, exact
@@ -162,6 +185,39 @@ def _softcap_grad(d: jax.Array, z_raw: jax.Array, cap: float | None) -> jax.Arra
         return d
     t = jnp.tanh(z_raw / cap)
     return d * ((1.0 - t) * (1.0 + t))
+
+
+def _softcap_dcap(d: jax.Array, z_raw: jax.Array, cap: Any) -> jax.Array:
+    r""":math:`\sum d_k\, \partial z_k / \partial c` for :math:`z = c \tanh(x / c)`.
+
+    .. math::
+      \frac{\partial z}{\partial c} = t - \frac{x}{c}\,(1 - t)(1 + t),
+      \qquad t = \tanh(x / c).
+    """
+    t = jnp.tanh(z_raw / cap)
+    return jnp.sum(d * (t - (z_raw / cap) * ((1.0 - t) * (1.0 + t))))
+
+
+def _scalar_option_grads(row: dict[str, Any], g: jax.Array, st: _Static, num_classes: int):
+    r"""Cotangents of array ``label_smoothing`` and ``z_loss`` from the per-example values.
+
+    .. math::
+      \frac{\partial \ell}{\partial \varepsilon} = z_y - \bar z
+        = \frac{\mathrm{gap}}{V} - (m - z_y), \qquad
+      \frac{\partial \ell}{\partial \zeta} = \operatorname{lse}^2,
+
+    weighted by the loss cotangent ``g`` (0 for ignored and empty rows, NaN
+    for bad labels, as the loss is).
+    """
+    off = row["ignored"] | row["empty"]
+    scale = _row_scale(g, row)
+    out = {}
+    if "label_smoothing" in st.arrays:
+        d_eps = jnp.where(off, 0.0, row["gap"] / num_classes - row["m_minus_zy"])
+        out["label_smoothing"] = jnp.sum(scale * d_eps)
+    if "z_loss" in st.arrays:
+        out["z_loss"] = jnp.sum(scale * jnp.where(off, 0.0, jnp.square(row["lse"])))
+    return out
 
 
 def _chunk_stats(
@@ -194,8 +250,8 @@ def _chunk_dlogits(
     row: dict[str, jax.Array],
     valid: jax.Array | None,
     num_classes: int,
-    label_smoothing: float,
-    z_loss: float,
+    label_smoothing: Any,
+    z_loss: Any,
 ) -> jax.Array:
     r"""Gradient of the per-example outputs with respect to one chunk of logits.
 
@@ -234,9 +290,9 @@ def _chunk_dlogits(
         is_label, jnp.where(y_is_max[:, None], (-rest * inv)[:, None], p - 1.0), p
     )
     d = p_minus_y
-    if z_loss:
+    if _on(z_loss):
         d = d + (2.0 * z_loss * row["lse"])[:, None] * p
-    if label_smoothing:
+    if _on(label_smoothing):
         d = d + label_smoothing * (is_label.astype(z.dtype) - 1.0 / num_classes)
     d = d * row["scale"][:, None]
     if "lse_scale" in row:
@@ -253,8 +309,8 @@ def _example_losses(
     m_minus_zy: jax.Array,
     gap: jax.Array,
     num_classes: int,
-    label_smoothing: float,
-    z_loss: float,
+    label_smoothing: Any,
+    z_loss: Any,
 ) -> jax.Array:
     r"""Per-example loss from the (max, rest) statistics.
 
@@ -267,10 +323,10 @@ def _example_losses(
     """
     log1p_rest = jnp.log1p(rest)
     loss = m_minus_zy + log1p_rest
-    if label_smoothing:
+    if _on(label_smoothing):
         smooth = gap / num_classes + log1p_rest
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
-    if z_loss:
+    if _on(z_loss):
         loss = loss + z_loss * jnp.square(m + log1p_rest)
     return loss
 
@@ -477,6 +533,7 @@ def _layout(hidden, weight, bias, labels, st: _Static) -> _Layout:
     owned = (local >= 0) & (local < v_local) & (index >= 0)
     hidden = jnp.where(ignored[:, None], jnp.zeros_like(hidden), hidden)
     inputs = [hidden, weight, labels] + ([] if bias is None else [bias])
+    inputs += [getattr(st, k) for k in st.arrays]
     loop_vma = frozenset().union(*(_vma(x) for x in inputs))
     return _Layout(hidden, local, owned, ignored, bad, num_classes, loop_vma, loop_vma - set(axes))
 
@@ -549,16 +606,22 @@ def _local_stats(hidden, weight, bias, lay: _Layout, st: _Static, with_gap: bool
 
 
 def _local_grads(hidden, weight, bias, lay: _Layout, row, st: _Static):
-    """Gradients for ``hidden`` (float32 partial sum), ``weight`` and ``bias`` by chunks."""
+    """Gradients for ``hidden`` (float32 partial sum), ``weight``, ``bias`` by chunks.
+
+    Also the partial (this shard's columns) cotangent of an array ``logit_softcap``.
+    """
     c, n_chunks, overlaps = _chunking(weight.shape[1], st.chunk_size)
     acc = compute_dtype(hidden.dtype)
     eps, zeta = st.label_smoothing, st.z_loss
+    cap_array = "logit_softcap" in st.arrays
 
     def body(i, carry):
-        dh, dw_buf, db_buf = carry
+        dh, dw_buf, db_buf, dcap = carry
         z_raw, cols, valid, start, w = _chunk_logits(hidden, weight, bias, i, c, overlaps)
         z = _softcap(z_raw, st.logit_softcap)
         d = _chunk_dlogits(z, cols, lay.local, row, valid, lay.num_classes, eps, zeta)
+        if cap_array:
+            dcap = dcap + _softcap_dcap(d, z_raw, st.logit_softcap)
         d = _softcap_grad(d, z_raw, st.logit_softcap)
         d_lo = d.astype(hidden.dtype)
         dh = dh + lax.dot_general(d_lo, w, (((1,), (1,)), ((), ())), preferred_element_type=acc)
@@ -567,12 +630,13 @@ def _local_grads(hidden, weight, bias, lay: _Layout, row, st: _Static):
         if db_buf is not None:
             db = jnp.sum(d, axis=0).astype(db_buf.dtype)
             db_buf = _write_chunk(db_buf, db, start, valid, axis=0)
-        return dh, dw_buf, db_buf
+        return dh, dw_buf, db_buf, dcap
 
     init = (
         jnp.zeros(hidden.shape, acc),
         jnp.zeros(weight.shape, weight.dtype),
         None if bias is None else jnp.zeros(bias.shape, bias.dtype),
+        jnp.zeros((), acc) if cap_array else None,
     )
     return lax.fori_loop(0, n_chunks, body, _varying(init, lay.loop_vma))
 
@@ -589,16 +653,23 @@ def _write_chunk(buf, chunk, start, valid, axis):
 def _forward(hidden, weight, bias, labels, st: _Static):
     """Per-example rows of statistics (one product), and the layout."""
     lay = _layout(hidden, weight, bias, labels, st)
-    with_gap = bool(st.label_smoothing)
+    with_gap = _on(st.label_smoothing)
     m_l, rest_l, zy_l, gap_l = _local_stats(lay.hidden, weight, bias, lay, st, with_gap)
     m, rest, m_minus_zy, gap = _combine_shards(
         m_l, rest_l, zy_l, gap_l, weight.shape[1], lay.owned, st.axis_name, with_gap
     )
     row = _row_values(m, rest, m_minus_zy, lay.ignored, lay.bad)
+    row["gap"] = gap
     loss = _example_losses(
         row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
     )
     return _mask_losses(loss, row), row, lay
+
+
+def _saved_stats(row: dict[str, Any], st: _Static) -> tuple:
+    """The O(N) values the backward pass keeps (the gap only for an array smoothing)."""
+    stats = (row["m"], row["rest"], row["m_minus_zy"], row["empty"])
+    return stats + ((row["gap"],) if "label_smoothing" in st.arrays else ())
 
 
 def _outputs(loss, row, with_aux):
@@ -608,37 +679,63 @@ def _outputs(loss, row, with_aux):
     return loss, lse, logp, correct.astype(loss.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _linear_ce(hidden, weight, bias, labels, st: _Static, with_aux: bool):
-    """Per-example (loss,) or (loss, lse, label log-prob, correct) of ``hidden @ weight + b``."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _linear_ce(hidden, weight, bias, labels, opts, st: _Static, with_aux: bool):
+    """Per-example (loss,) or (loss, lse, label log-prob, correct) of ``hidden @ weight + b``.
+
+    ``opts``: the options ``st.arrays`` names, as scalar arrays (differentiable).
+    """
+    st = _resolve(st, opts, compute_dtype(hidden.dtype))
     loss, row, _ = _forward(hidden, weight, bias, labels, st)
     return _outputs(loss, row, with_aux)
 
 
-def _linear_ce_fwd(hidden, weight, bias, labels, st, with_aux):
-    loss, row, _ = _forward(hidden, weight, bias, labels, st)
-    stats = (row["m"], row["rest"], row["m_minus_zy"], row["empty"])
-    return _outputs(loss, row, with_aux), (hidden, weight, bias, labels, stats)
+def _linear_ce_fwd(hidden, weight, bias, labels, opts, st, with_aux):
+    loss, row, _ = _forward(
+        hidden, weight, bias, labels, _resolve(st, opts, compute_dtype(hidden.dtype))
+    )
+    res = (hidden, weight, bias, labels, opts, _saved_stats(row, st))
+    return _outputs(loss, row, with_aux), res
 
 
-def _linear_ce_bwd(st, with_aux, res, cts):
-    hidden, weight, bias, labels, (m, rest, m_minus_zy, empty) = res
-    _check_bound_in_backward(st.axis_name)
-    lay = _layout(hidden, weight, bias, labels, st)
+def _restore_rows(stats, lay: _Layout) -> dict[str, Any]:
+    m, rest, m_minus_zy, empty = stats[:4]
     row = _row_values(jnp.where(empty, -jnp.inf, m), rest, m_minus_zy, lay.ignored, lay.bad)
-    per_device = _per_device(st.axis_name)
-    cts = [lax.psum(g, st.axis_name) if per_device else g for g in cts]
-    row["scale"] = _row_scale(cts[0].astype(m.dtype), row)
+    if len(stats) > 4:
+        row["gap"] = stats[4]
+    return row
+
+
+def _set_scales(row, cts, lay: _Layout, with_aux: bool, dtype) -> None:
+    row["scale"] = _row_scale(cts[0].astype(dtype), row)
     if with_aux:
         off = lay.ignored | lay.bad | row["empty"]
-        row["lse_scale"] = jnp.where(off, 0.0, cts[1].astype(m.dtype))
-        row["logp_scale"] = jnp.where(off, 0.0, cts[2].astype(m.dtype))
-    dh, dw, db = _local_grads(lay.hidden, weight, bias, lay, row, st)
+        row["lse_scale"] = jnp.where(off, 0.0, cts[1].astype(dtype))
+        row["logp_scale"] = jnp.where(off, 0.0, cts[2].astype(dtype))
+
+
+def _linear_ce_bwd(st_static, with_aux, res, cts):
+    hidden, weight, bias, labels, opts, stats = res
+    _check_bound_in_backward(st_static.axis_name)
+    acc = compute_dtype(hidden.dtype)
+    st = _resolve(st_static, opts, acc)
+    lay = _layout(hidden, weight, bias, labels, st)
+    row = _restore_rows(stats, lay)
+    per_device = _per_device(st.axis_name)
+    # The options' per-example cotangents use each device's own loss cotangent
+    # (the per-example values are the same on every shard of the vocabulary).
+    opt_grads = _scalar_option_grads(row, cts[0].astype(acc), st, lay.num_classes)
+    cts = [lax.psum(g, st.axis_name) if per_device else g for g in cts]
+    _set_scales(row, cts, lay, with_aux, acc)
+    dh, dw, db, dcap = _local_grads(lay.hidden, weight, bias, lay, row, st)
+    if dcap is not None:
+        opt_grads["logit_softcap"] = dcap
     return (
         _sum_to(dh, _vma(hidden), per_device).astype(hidden.dtype),
         _sum_to(dw, _vma(weight), per_device),
         None if db is None else _sum_to(db, _vma(bias), per_device),
         None,
+        _cast_cotangents(opt_grads, opts, st_static, per_device),
     )
 
 
@@ -679,10 +776,11 @@ def _precompute(hidden, weight, bias, labels, st: _Static):
     n_blocks, overlaps = -(-n // b), n % b != 0
     w = weight.astype(hidden.dtype)
     cols = lax.iota(jnp.int32, v)
-    with_gap = bool(st.label_smoothing)
+    with_gap = _on(st.label_smoothing)
+    cap_array = "logit_softcap" in st.arrays
 
     def body(j, carry):
-        total, dh, dw, db = carry
+        (total, d_opts), dh, dw, db, dcap = carry
         start = jnp.minimum(j * b, n - b)
         rows = lambda x: lax.dynamic_slice_in_dim(x, start, b, axis=0)  # noqa: E731
         hb, local = rows(h), rows(lay.local)
@@ -695,6 +793,7 @@ def _precompute(hidden, weight, bias, labels, st: _Static):
             m_l, rest_l, zy_l, gap_l, v, rows(lay.owned), st.axis_name, with_gap
         )
         row = _row_values(m, rest, m_minus_zy, rows(lay.ignored), rows(lay.bad))
+        row["gap"] = gap
         loss = _example_losses(
             row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
         )
@@ -704,9 +803,13 @@ def _precompute(hidden, weight, bias, labels, st: _Static):
             loss = jnp.where(mine, loss, 0.0)
         one = jnp.ones_like(loss) if mine is None else mine.astype(loss.dtype)
         row["scale"] = _row_scale(one, row)
+        block_opts = _scalar_option_grads(row, one, st, lay.num_classes)
+        d_opts = {k: d_opts[k] + block_opts[k] for k in d_opts}
         d = _chunk_dlogits(
             z, cols, local, row, None, lay.num_classes, st.label_smoothing, st.z_loss
         )
+        if cap_array:
+            dcap = dcap + _softcap_dcap(d, z_raw, st.logit_softcap)
         d = _softcap_grad(d, z_raw, st.logit_softcap)
         d_lo = d.astype(hidden.dtype)
         dh_b = lax.dot_general(d_lo, w, (((1,), (1,)), ((), ())), preferred_element_type=acc)
@@ -714,36 +817,55 @@ def _precompute(hidden, weight, bias, labels, st: _Static):
         dw = dw + lax.dot_general(hb, d_lo, (((0,), (0,)), ((), ())), preferred_element_type=acc)
         if db is not None:
             db = db + jnp.sum(d, axis=0)
-        return total + jnp.sum(loss), dh, dw, db
+        return (total + jnp.sum(loss), d_opts), dh, dw, db, dcap
 
     loop = (
         jnp.zeros(h.shape, acc),
         jnp.zeros(weight.shape, acc),
         None if bias is None else jnp.zeros(bias.shape, acc),
+        jnp.zeros((), acc) if cap_array else None,
     )
-    init = (_varying(jnp.zeros((), acc), lay.row_vma),) + _varying(loop, lay.loop_vma)
+    # The summed loss and the cotangents of array label_smoothing / z_loss are
+    # sums of per-example values (replicated over the vocabulary shards).
+    per_row = (
+        jnp.zeros((), acc),
+        {k: jnp.zeros((), acc) for k in st.arrays if k != "logit_softcap"},
+    )
+    init = (_varying(per_row, lay.row_vma),) + _varying(loop, lay.loop_vma)
     if n == 0:
         return init
     return lax.fori_loop(0, n_blocks, body, init)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _linear_ce_total(hidden, weight, bias, labels, st: _Static):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _linear_ce_total(hidden, weight, bias, labels, opts, st: _Static):
     """Sum over examples of the loss; without a gradient, the forward statistics only."""
+    st = _resolve(st, opts, compute_dtype(hidden.dtype))
     loss, _, _ = _forward(hidden, weight, bias, labels, st)
     return jnp.sum(loss)
 
 
-def _linear_ce_total_fwd(hidden, weight, bias, labels, st):
-    total, dh, dw, db = _precompute(hidden, weight, bias, labels, st)
+def _linear_ce_total_fwd(hidden, weight, bias, labels, opts, st):
+    st_arrays = _resolve(st, opts, compute_dtype(hidden.dtype))
+    (total, d_opts), dh, dw, db, dcap = _precompute(hidden, weight, bias, labels, st_arrays)
+    if dcap is not None:
+        d_opts["logit_softcap"] = dcap
     # The inputs ride along only for their dtypes and mesh types (no copies).
-    return total, (dh, dw, db, hidden, weight, bias)
+    return total, (dh, dw, db, d_opts, hidden, weight, bias, opts)
 
 
 def _linear_ce_total_bwd(st, res, g):
-    dh, dw, db, hidden, weight, bias = res
+    dh, dw, db, d_opts, hidden, weight, bias, opts = res
     _check_bound_in_backward(st.axis_name)
-    return _scale_precomputed(g, (dh, dw, db), (hidden, weight, bias), st.axis_name)
+    grads = _scale_precomputed(g, (dh, dw, db), (hidden, weight, bias), st.axis_name)
+    # label_smoothing and z_loss: per-example sums, scaled by each device's own
+    # cotangent; logit_softcap: this shard's columns, scaled as the gradients are.
+    per_device = _per_device(st.axis_name)
+    g_all = lax.psum(g, st.axis_name) if per_device else g
+    scaled = {
+        k: (g_all if k == "logit_softcap" else g).astype(x.dtype) * x for k, x in d_opts.items()
+    }
+    return (*grads, _cast_cotangents(scaled, opts, st, per_device))
 
 
 def _scale_precomputed(g, grads, primals, axis_name):
@@ -786,18 +908,27 @@ def _check_options(
     method="recompute",
     return_aux=False,
 ):
-    """Checks every option eagerly; returns them as plain Python values.
+    """Checks every option eagerly.
+
+    Returns:
+      ``(ignore_index, chunk_size, numeric)``: ``numeric`` maps
+      ``label_smoothing``, ``z_loss`` and ``logit_softcap`` to ``(static,
+      array, valid)`` as :func:`jaxsce._cross_entropy._numeric_option` gives
+      them: a Python number stays static (``logit_softcap=None`` too); an array
+      is a scalar operand, checked at once when concrete, with the traced
+      predicate ``valid`` otherwise.
 
     Raises:
       ValueError naming the function, the option, what it must be and what it got.
     """
-    check_loss_options(fname, reduction, None, label_smoothing, "torch", z_loss)
-    for name, value in (("label_smoothing", label_smoothing), ("z_loss", z_loss)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(
-                f"{fname}: `{name}` must be a Python number here (the fused rule is specialised"
-                f" on it), got {name}={value!r}."
-            )
+    check_loss_options(fname, reduction, None, 0.0, "torch", 0.0)
+    numeric = {
+        "label_smoothing": numeric_option(fname, "label_smoothing", label_smoothing),
+        "z_loss": numeric_option(fname, "z_loss", z_loss),
+        "logit_softcap": (None, None, None)
+        if logit_softcap is None
+        else numeric_option(fname, "logit_softcap", logit_softcap),
+    }
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
@@ -811,15 +942,6 @@ def _check_options(
     ):
         raise ValueError(
             f"{fname}: `chunk_size` must be a positive int, got chunk_size={chunk_size!r}."
-        )
-    if logit_softcap is not None and (
-        isinstance(logit_softcap, bool)
-        or not isinstance(logit_softcap, numbers.Real)
-        or not (math.isfinite(logit_softcap) and logit_softcap > 0)
-    ):
-        raise ValueError(
-            f"{fname}: `logit_softcap` must be None or a finite number > 0,"
-            f" got logit_softcap={logit_softcap!r}."
         )
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"{fname}: `method` must be one of {METHODS}, got method={method!r}.")
@@ -837,11 +959,30 @@ def _check_options(
             " gradients need the recomputing backward pass); use method='recompute' or 'auto'"
             " with return_aux=True."
         )
-    return (
-        None if ignore_index is None else int(ignore_index),
-        int(chunk_size),
-        None if logit_softcap is None else float(logit_softcap),
+    return None if ignore_index is None else int(ignore_index), int(chunk_size), numeric
+
+
+def _static_and_operands(chunk_size, axis_name, ignore_index, numeric):
+    """``(_Static, opts, valid)``: array options become operands of the custom rules.
+
+    Integer arrays are cast to float32 (their cotangent is then float0).
+    """
+    arrays = tuple(k for k, (_, a, _) in numeric.items() if a is not None)
+    opts = tuple(
+        a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.float32)
+        for _, a, _ in (numeric[k] for k in arrays)
     )
+    static = {k: v for k, (v, _, _) in numeric.items()}
+    st = _Static(
+        chunk_size,
+        axis_name,
+        ignore_index,
+        static["label_smoothing"],
+        static["z_loss"],
+        static["logit_softcap"],
+        arrays,
+    )
+    return st, opts, all_valid(*(v for _, _, v in numeric.values()))
 
 
 def _check_labels(fname, labels, batch_shape, name):
@@ -889,16 +1030,22 @@ def _reduce(loss, labels, reduction, ignore_index):
     return total if reduction == "sum" else _mean(total, labels, ignore_index)
 
 
+def _nan_unless(valid, x):
+    """``x``, or NaN where a traced option failed its check (``valid`` False)."""
+    return x if valid is None else jnp.where(valid, x, jnp.nan)
+
+
 @functools.partial(jax.jit, static_argnames=("st", "reduction", "method", "return_aux"))
-def _fused_loss(hidden, weight, bias, labels, st, reduction, method, return_aux):
+def _fused_loss(hidden, weight, bias, labels, opts, valid, st, reduction, method, return_aux):
     """The checked call: flattens the batch, runs the chosen rule, reduces."""
     h = hidden.reshape(labels.size, hidden.shape[-1])
     y = labels.reshape(labels.size)
     if _choose_method(method, reduction, return_aux, weight.shape) == "precompute":
-        total = _linear_ce_total(h, weight, bias, y, st)
+        total = _nan_unless(valid, _linear_ce_total(h, weight, bias, y, opts, st))
         return total if reduction == "sum" else _mean(total, y, st.ignore_index)
-    outs = _linear_ce(h, weight, bias, y, st, return_aux)
-    loss = _reduce(outs[0].reshape(labels.shape), labels, reduction, st.ignore_index)
+    outs = _linear_ce(h, weight, bias, y, opts, st, return_aux)
+    loss = _nan_unless(valid, outs[0].reshape(labels.shape))
+    loss = _reduce(loss, labels, reduction, st.ignore_index)
     if not return_aux:
         return loss
     lse, logp, correct = (x.reshape(labels.shape) for x in outs[1:])
@@ -918,9 +1065,9 @@ def linear_softmax_cross_entropy(
     bias: jax.typing.ArrayLike | None = None,
     ignore_index: int | None = None,
     reduction: str = "none",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    logit_softcap: float | jax.typing.ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     method: str = "auto",
     return_aux: bool = False,
@@ -986,6 +1133,16 @@ def linear_softmax_cross_entropy(
       z_loss: ``zeta >= 0``, adds ``zeta * lse(z) ** 2`` per example (PaLM).
       logit_softcap: ``c > 0`` replaces the logits by ``c * tanh(z / c)``
         (Gemma 2's ``final_logit_softcapping``); None (default) for none.
+
+        Each of these three is a Python number, compiled in (0 adds no work),
+        or a scalar array, traced ones included (a schedule in a jitted
+        step), passed to the fused rule as an operand: its gradient is the
+        true one (:math:`\partial\ell/\partial\varepsilon = z_y - \bar z`,
+        :math:`\partial\ell/\partial\zeta = \operatorname{lse}(z)^2`, and
+        :math:`\sum_k \partial\ell/\partial z_k\,(t_k - (x_k/c)(1 - t_k^2))`
+        for the cap), for both methods. A concrete value out of range raises a
+        ValueError; a traced one makes the loss NaN, and raises under
+        ``jax.experimental.checkify``.
       chunk_size: vocabulary columns per chunk of ``"recompute"``. Its
         temporary memory is a few ``N x chunk_size`` float32 arrays.
       method: ``"recompute"`` keeps O(N) values from the forward pass and
@@ -1056,7 +1213,7 @@ def checked_linear_loss(
     return_aux,
 ):
     """Checks the arguments, then runs the fused rule (on one device or a shard)."""
-    ignore_index, chunk_size, logit_softcap = _check_options(
+    ignore_index, chunk_size, numeric = _check_options(
         fname,
         reduction,
         label_smoothing,
@@ -1072,19 +1229,12 @@ def checked_linear_loss(
     labels = jnp.asarray(labels)
     bias = None if bias is None else jnp.asarray(bias)
     _check_linear_args(fname, hidden, weight, labels, bias, axis_name is not None)
-    st = _Static(
-        chunk_size,
-        axis_name,
-        ignore_index,
-        float(label_smoothing),
-        float(z_loss),
-        logit_softcap,
-    )
+    st, opts, valid = _static_and_operands(chunk_size, axis_name, ignore_index, numeric)
     try:
         hash(st)
     except TypeError:
         raise ValueError(f"{fname}: `axis_name` must be hashable, got {axis_name!r}.") from None
-    return _fused_loss(hidden, weight, bias, labels, st, reduction, method, return_aux)
+    return _fused_loss(hidden, weight, bias, labels, opts, valid, st, reduction, method, return_aux)
 
 
 def _check_linear_args(fname, hidden, weight, labels, bias, sharded):

@@ -23,6 +23,7 @@ from jaxsce._linear import (
     DEFAULT_CHUNK_SIZE,
     LinearCrossEntropyAux,
     _aux_values,
+    _cast_cotangents,
     _check_bound_in_backward,
     _check_labels,
     _check_options,
@@ -32,13 +33,21 @@ from jaxsce._linear import (
     _example_losses,
     _layout,
     _mask_losses,
+    _nan_unless,
+    _on,
     _per_device,
     _reduce,
-    _row_scale,
+    _resolve,
+    _restore_rows,
     _row_values,
+    _saved_stats,
+    _scalar_option_grads,
+    _set_scales,
     _softcap,
+    _softcap_dcap,
     _softcap_grad,
     _Static,
+    _static_and_operands,
     _sum_to,
     _vma,
     checked_linear_loss,
@@ -51,12 +60,13 @@ def _vp_forward(logits, labels, st: _Static):
     z = _softcap(z_raw, st.logit_softcap)
     lay = _layout(z[:, :0], z, None, labels, st)
     cols = lax.iota(jnp.int32, z.shape[-1])
-    with_gap = bool(st.label_smoothing)
+    with_gap = _on(st.label_smoothing)
     m_l, rest_l, zy_l, gap_l = _chunk_stats(z, cols, lay.local, None, with_gap)
     m, rest, m_minus_zy, gap = _combine_shards(
         m_l, rest_l, zy_l, gap_l, z.shape[-1], lay.owned, st.axis_name, with_gap
     )
     row = _row_values(m, rest, m_minus_zy, lay.ignored, lay.bad)
+    row["gap"] = gap
     loss = _example_losses(
         row["m"], row["rest"], m_minus_zy, gap, lay.num_classes, st.label_smoothing, st.z_loss
     )
@@ -70,50 +80,58 @@ def _vp_outputs(loss, row, with_aux):
     return loss, lse, logp, correct.astype(loss.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _vp_ce(logits, labels, st: _Static, with_aux: bool):
-    """Per-example outputs from local logits ``(N, V / S)``, the same on every shard."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _vp_ce(logits, labels, opts, st: _Static, with_aux: bool):
+    """Per-example outputs from local logits ``(N, V / S)``, the same on every shard.
+
+    ``opts``: the options ``st.arrays`` names, as scalar arrays (differentiable).
+    """
+    st = _resolve(st, opts, compute_dtype(logits.dtype))
     loss, row, _ = _vp_forward(logits, labels, st)
     return _vp_outputs(loss, row, with_aux)
 
 
-def _vp_ce_fwd(logits, labels, st, with_aux):
-    loss, row, _ = _vp_forward(logits, labels, st)
-    stats = (row["m"], row["rest"], row["m_minus_zy"], row["empty"])
-    return _vp_outputs(loss, row, with_aux), (logits, labels, stats)
+def _vp_ce_fwd(logits, labels, opts, st, with_aux):
+    loss, row, _ = _vp_forward(logits, labels, _resolve(st, opts, compute_dtype(logits.dtype)))
+    return _vp_outputs(loss, row, with_aux), (logits, labels, opts, _saved_stats(row, st))
 
 
-def _vp_ce_bwd(st, with_aux, res, cts):
-    logits, labels, (m, rest, m_minus_zy, empty) = res
-    _check_bound_in_backward(st.axis_name)
-    z_raw = logits.astype(m.dtype)
+def _vp_ce_bwd(st_static, with_aux, res, cts):
+    logits, labels, opts, stats = res
+    _check_bound_in_backward(st_static.axis_name)
+    acc = compute_dtype(logits.dtype)
+    st = _resolve(st_static, opts, acc)
+    z_raw = logits.astype(acc)
     z = _softcap(z_raw, st.logit_softcap)
     lay = _layout(z[:, :0], z, None, labels, st)
-    row = _row_values(jnp.where(empty, -jnp.inf, m), rest, m_minus_zy, lay.ignored, lay.bad)
+    row = _restore_rows(stats, lay)
     per_device = _per_device(st.axis_name)
+    # The options' per-example cotangents use each device's own loss cotangent.
+    opt_grads = _scalar_option_grads(row, cts[0].astype(acc), st, lay.num_classes)
     cts = [lax.psum(g, st.axis_name) if per_device else g for g in cts]
-    row["scale"] = _row_scale(cts[0].astype(m.dtype), row)
-    if with_aux:
-        off = lay.ignored | lay.bad | row["empty"]
-        row["lse_scale"] = jnp.where(off, 0.0, cts[1].astype(m.dtype))
-        row["logp_scale"] = jnp.where(off, 0.0, cts[2].astype(m.dtype))
+    _set_scales(row, cts, lay, with_aux, acc)
     cols = lax.iota(jnp.int32, z.shape[-1])
     d = _chunk_dlogits(
         z, cols, lay.local, row, None, lay.num_classes, st.label_smoothing, st.z_loss
     )
+    if "logit_softcap" in st.arrays:
+        d_safe = jnp.where(lay.ignored[:, None], 0.0, d)  # NaN logits in ignored rows
+        opt_grads["logit_softcap"] = _softcap_dcap(d_safe, z_raw, st.logit_softcap)
     d = _softcap_grad(d, z_raw, st.logit_softcap)
     d = jnp.where(lay.ignored[:, None], 0.0, d)  # NaN logits in an ignored row reach nothing
-    return _sum_to(d, _vma(logits), per_device).astype(logits.dtype), None
+    d_logits = _sum_to(d, _vma(logits), per_device).astype(logits.dtype)
+    return d_logits, None, _cast_cotangents(opt_grads, opts, st_static, per_device)
 
 
 _vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("st", "reduction", "return_aux"))
-def _vp_loss(logits, labels, st, reduction, return_aux):
+def _vp_loss(logits, labels, opts, valid, st, reduction, return_aux):
     z = logits.reshape(labels.size, logits.shape[-1])
-    outs = _vp_ce(z, labels.reshape(labels.size), st, return_aux)
-    loss = _reduce(outs[0].reshape(labels.shape), labels, reduction, st.ignore_index)
+    outs = _vp_ce(z, labels.reshape(labels.size), opts, st, return_aux)
+    loss = _nan_unless(valid, outs[0].reshape(labels.shape))
+    loss = _reduce(loss, labels, reduction, st.ignore_index)
     if not return_aux:
         return loss
     lse, logp, correct = (x.reshape(labels.shape) for x in outs[1:])
@@ -127,9 +145,9 @@ def vocab_parallel_softmax_cross_entropy(
     axis_name: Hashable,
     ignore_index: int | None = None,
     reduction: str = "none",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    logit_softcap: float | jax.typing.ArrayLike | None = None,
     return_aux: bool = False,
 ) -> Any:
     r"""Softmax cross-entropy of logits whose class axis is sharded over a mesh axis.
@@ -157,9 +175,10 @@ def vocab_parallel_softmax_cross_entropy(
       axis_name: the mesh axis the class axis is sharded over.
       ignore_index: as in :func:`jaxsce.linear_softmax_cross_entropy`.
       reduction: as in :func:`jaxsce.linear_softmax_cross_entropy`.
-      label_smoothing: as in :func:`jaxsce.linear_softmax_cross_entropy`.
-      z_loss: as in :func:`jaxsce.linear_softmax_cross_entropy`.
-      logit_softcap: as in :func:`jaxsce.linear_softmax_cross_entropy`.
+      label_smoothing: as in :func:`jaxsce.linear_softmax_cross_entropy`: a
+        number, or a scalar array (traced ones too) with its true gradient.
+      z_loss: as ``label_smoothing``.
+      logit_softcap: as ``label_smoothing``, or None.
       return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`.
 
     Returns:
@@ -190,7 +209,7 @@ def vocab_parallel_softmax_cross_entropy(
       Models Using Model Parallelism <https://arxiv.org/abs/1909.08053>`_, 2019.
     """
     fname = "vocab_parallel_softmax_cross_entropy"
-    ignore_index, _, logit_softcap = _check_options(
+    ignore_index, _, numeric = _check_options(
         fname,
         reduction,
         label_smoothing,
@@ -211,15 +230,8 @@ def vocab_parallel_softmax_cross_entropy(
             f" {local_logits.shape}."
         )
     _check_labels(fname, labels, local_logits.shape[:-1], "local_logits")
-    st = _Static(
-        DEFAULT_CHUNK_SIZE,
-        axis_name,
-        ignore_index,
-        float(label_smoothing),
-        float(z_loss),
-        logit_softcap,
-    )
-    return _vp_loss(local_logits, labels, st, reduction, return_aux)
+    st, opts, valid = _static_and_operands(DEFAULT_CHUNK_SIZE, axis_name, ignore_index, numeric)
+    return _vp_loss(local_logits, labels, opts, valid, st, reduction, return_aux)
 
 
 def vocab_parallel_linear_softmax_cross_entropy(
@@ -231,9 +243,9 @@ def vocab_parallel_linear_softmax_cross_entropy(
     local_bias: jax.typing.ArrayLike | None = None,
     ignore_index: int | None = None,
     reduction: str = "none",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    logit_softcap: float | jax.typing.ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     method: str = "auto",
     return_aux: bool = False,
@@ -263,7 +275,9 @@ def vocab_parallel_linear_softmax_cross_entropy(
       local_bias: optional ``(V / S,)`` slice of the bias.
       ignore_index, reduction, label_smoothing, z_loss, logit_softcap, chunk_size,
         method, return_aux: as in :func:`jaxsce.linear_softmax_cross_entropy`
-        (``"precompute"`` adds two O(N) all-reduces per block of rows).
+        (``"precompute"`` adds two O(N) all-reduces per block of rows;
+        ``label_smoothing``, ``z_loss`` and ``logit_softcap`` may be scalar
+        arrays, traced ones too, with their true gradients).
 
     Returns:
       Per-example loss (shape ``labels.shape``) or its reduction, identical on

@@ -411,6 +411,189 @@ def test_misspelled_and_non_hashable_options_raise_python_errors():
         L(hidden, weight, labels, return_aux=1)
     with pytest.raises(ValueError, match=r"vocab_parallel_softmax_cross_entropy: `z_loss`"):
         vocab_parallel_softmax_cross_entropy(hidden, labels, axis_name="s", z_loss={})
-    traced = r"linear_softmax_cross_entropy: `label_smoothing` must be a"
-    with pytest.raises(ValueError, match=traced):
-        jax.jit(lambda e: L(hidden, weight, labels, label_smoothing=e))(0.1)
+    with pytest.raises(ValueError, match=r"linear_softmax_cross_entropy: `z_loss`.*shape"):
+        L(hidden, weight, labels, z_loss=jnp.zeros(2))
+
+
+# --------------------------------------------------------------------------
+# Array options (issue 13 item 4): operands of the rules, with true cotangents.
+# --------------------------------------------------------------------------
+
+ARRAY_KINDS = ("recompute", "precompute", "logits")
+
+
+def _one_device_vp(z, y, **kw):
+    """The vocab-parallel logits loss inside a one-device ``shard_map`` (gradients work)."""
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ("s",))
+    return jax.shard_map(
+        lambda z: vocab_parallel_softmax_cross_entropy(z, y, axis_name="s", **kw),
+        mesh=mesh,
+        in_specs=P(None, "s"),
+        out_specs=P(),
+    )(z)
+
+
+def _fused_by_kind(kind, h, w, b, y, **kw):
+    if kind == "logits":
+        return _one_device_vp(h @ w + b[None, :], y, **kw)
+    return L(h, w, y, bias=b, chunk_size=8, method=kind, **kw)
+
+
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
+def test_array_options_have_true_gradients_in_float64(kind, x64):
+    """Loss and every gradient, options included, against autodiff of the plain loss.
+
+    The options are traced arrays (jit arguments); today's code raised for them.
+    """
+    hidden, weight, bias, labels = _data(n=10, v=29, dtype=jnp.float64)
+    labels = labels.at[0].set(-100)
+    options = (jnp.float64(0.2), jnp.float64(1e-2), jnp.float64(4.0))  # eps, zeta, cap
+
+    def fused(h, w, b, eps, zeta, cap):
+        kw = dict(label_smoothing=eps, z_loss=zeta, logit_softcap=cap)
+        return _fused_by_kind(kind, h, w, b, labels, reduction="sum", ignore_index=-100, **kw)
+
+    def plain(h, w, b, eps, zeta, cap):
+        losses = _plain_losses(h, w, labels, b, eps, zeta, cap, ignore_index=-100)
+        return jnp.sum(losses)
+
+    argnums = tuple(range(6))
+    got = jax.jit(jax.value_and_grad(fused, argnums))(hidden, weight, bias, *options)
+    want = jax.value_and_grad(plain, argnums)(hidden, weight, bias, *options)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-13)
+    for name, a, b in zip(("hidden", "weight", "bias", "eps", "zeta", "cap"), got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13, err_msg=name)
+        assert a.dtype == jnp.float64
+    # The option cotangents are far from 0 (a zero or dropped cotangent fails), and
+    # from what a wrong convention gives (eps / (V - 1) off the label, T5X's).
+    for g in want[1][3:]:
+        assert abs(float(g)) > 1e-2
+    z = 4.0 * jnp.tanh((hidden @ weight + bias[None, :]) / 4.0)
+    keep = labels != -100
+    y = jnp.where(keep, labels, 0)
+    zy = jnp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
+    wrong = jnp.sum(jnp.where(keep, zy - (jnp.sum(z, -1) - zy) / (z.shape[-1] - 1), 0.0))
+    right = jnp.sum(jnp.where(keep, zy - jnp.mean(z, -1), 0.0))
+    np.testing.assert_allclose(got[1][3], right, rtol=1e-12)
+    assert abs(float(got[1][3] - wrong)) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ("recompute", "logits"))  # precompute: scalar losses only
+def test_array_options_with_a_per_example_cotangent(kind, x64):
+    """reduction="none" with per-example cotangents (and aux outputs for "recompute")."""
+    hidden, weight, bias, labels = _data(n=7, v=19, dtype=jnp.float64)
+    ct = jnp.linspace(-1.0, 2.0, 7, dtype=jnp.float64)
+    aux = kind == "recompute"
+
+    def fused(eps, zeta, cap):
+        kw = dict(label_smoothing=eps, z_loss=zeta, logit_softcap=cap, return_aux=aux)
+        out = _fused_by_kind(kind, hidden, weight, bias, labels, **kw)
+        if not aux:
+            return jnp.vdot(ct, out)
+        loss, a = out
+        return jnp.vdot(ct, loss) + jnp.sum(a.logsumexp) - 0.5 * jnp.sum(a.label_logprob)
+
+    def plain(eps, zeta, cap):
+        z = cap * jnp.tanh((hidden @ weight + bias[None, :]) / cap)
+        total = jnp.vdot(ct, _plain_losses(hidden, weight, labels, bias, eps, zeta, cap))
+        if aux:
+            lse = jax.nn.logsumexp(z, axis=-1)
+            zy = jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0]
+            total = total + jnp.sum(lse) - 0.5 * jnp.sum(zy - lse)
+        return total
+
+    args = (jnp.float64(0.3), jnp.float64(2e-2), jnp.float64(2.5))
+    got = jax.jit(jax.grad(fused, (0, 1, 2)))(*args)
+    want = jax.grad(plain, (0, 1, 2))(*args)
+    np.testing.assert_allclose(got, want, rtol=1e-11)
+
+
+def test_array_options_equal_the_static_numbers_and_add_no_product():
+    hidden, weight, bias, labels = _data()
+    kw = dict(bias=bias, chunk_size=8, reduction="mean")
+    values = dict(label_smoothing=0.1, z_loss=1e-3, logit_softcap=5.0)
+    arrays = {k: jnp.float32(v) for k, v in values.items()}
+    for method in ("recompute", "precompute"):
+        want = jax.value_and_grad(lambda w: L(hidden, w, labels, method=method, **kw, **values))
+        got = jax.jit(
+            jax.value_and_grad(lambda w, o: L(hidden, w, labels, method=method, **kw, **o))
+        )
+        g, w = got(weight, arrays), want(weight)
+        np.testing.assert_allclose(g[0], w[0], rtol=1e-6)
+        np.testing.assert_allclose(g[1], w[1], rtol=1e-5, atol=1e-7)
+    # Without a gradient: the forward statistics only (one product), arrays or not.
+    assert _count_dots(lambda w, o: L(hidden, w, labels, **kw, **o), weight, arrays) == 1
+    # A Python number keeps the static path: no option operand, the same residuals.
+    f = functools.partial(L, hidden, labels=labels, method="recompute", **kw)
+    _, static_vjp = jax.vjp(lambda w: f(w, label_smoothing=0.1), weight)
+    _, array_vjp = jax.vjp(lambda w: f(w, label_smoothing=jnp.float32(0.1)), weight)
+    static_leaves = jax.tree_util.tree_leaves(static_vjp)
+    array_leaves = jax.tree_util.tree_leaves(array_vjp)
+    # the array path keeps the option and the per-example smoothing gap beside them
+    assert len(array_leaves) == len(static_leaves) + 2
+
+
+def test_a_schedule_inside_a_jitted_step_and_vmap_over_the_option():
+    hidden, weight, bias, labels = _data()
+
+    @jax.jit
+    def step(w, i):
+        eps = 0.2 * i / 10  # a ramp: traced
+        return jax.value_and_grad(
+            lambda w: L(hidden, w, labels, reduction="sum", label_smoothing=eps, z_loss=eps / 10)
+        )(w)
+
+    for i in (0, 5, 10):
+        eps = 0.2 * i / 10
+        want = jax.value_and_grad(
+            lambda w: L(hidden, w, labels, reduction="sum", label_smoothing=eps, z_loss=eps / 10)
+        )(weight)
+        got = step(weight, jnp.float32(i))
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    # vmap over the option: per-example losses, and the option's gradient.
+    eps = jnp.array([0.0, 0.1, 0.7], jnp.float32)
+    caps = jnp.array([1.0, 3.0, 30.0], jnp.float32)
+    for fn in (
+        lambda e, c: L(hidden, weight, labels, label_smoothing=e, logit_softcap=c),
+        lambda e, c: vocab_parallel_softmax_cross_entropy(
+            hidden @ weight, labels, axis_name=None, label_smoothing=e, logit_softcap=c
+        ),
+    ):
+        got = jax.vmap(fn)(eps, caps)
+        want = jnp.stack([fn(float(e), float(c)) for e, c in zip(eps, caps)])
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # and of the option's gradient: d loss / d eps = sum(z_y - mean(z)), linear in eps.
+    sum_loss = functools.partial(L, hidden, weight, labels, reduction="sum", method="precompute")
+    grad = jax.vmap(jax.grad(lambda e: sum_loss(label_smoothing=e)))(eps)
+    z = hidden @ weight
+    want = jnp.sum(jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0] - jnp.mean(z, -1))
+    np.testing.assert_allclose(grad, jnp.full(3, want), rtol=1e-5)
+    assert abs(float(want)) > 1.0
+
+
+def test_traced_options_out_of_range_give_nan_and_a_checkify_error():
+    from jax.experimental import checkify
+
+    hidden, weight, bias, labels = _data()
+    for name, bad in (("label_smoothing", 1.5), ("z_loss", -1.0), ("logit_softcap", 0.0)):
+        for method in ("recompute", "precompute"):
+            fn = jax.jit(
+                lambda x: L(hidden, weight, labels, reduction="sum", method=method, **{name: x})
+            )
+            assert np.isnan(fn(jnp.float32(bad)))
+            assert np.isfinite(fn(jnp.float32(0.5)))
+            err, _ = checkify.checkify(fn, errors=checkify.user_checks)(jnp.float32(bad))
+            with pytest.raises(Exception, match=f"linear_softmax_cross_entropy: `{name}`"):
+                err.throw()
+        vp = jax.jit(
+            lambda x: vocab_parallel_softmax_cross_entropy(
+                hidden, labels, axis_name=None, **{name: x}
+            )
+        )
+        assert np.isnan(vp(jnp.float32(bad))).all()
+        # A concrete array is checked at once.
+        with pytest.raises(ValueError, match=f"linear_softmax_cross_entropy: `{name}` must be"):
+            L(hidden, weight, labels, **{name: jnp.float32(bad)})
