@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t
         for t in (
             _report.target_summary(_report.ce_ratios(speed), "cross-entropy vs optax"),
-            _report.target_summary(_report.nn_ratios(nn), "softmax/log_softmax/logsumexp vs jax.nn"),
+            _report.target_summary(
+                _report.nn_ratios(nn), "softmax/log_softmax/logsumexp vs jax.nn"
+            ),
         )
         if t
     )

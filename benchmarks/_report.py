@@ -181,7 +181,8 @@ def speed_tables(rows: Sequence[SpeedRow]) -> str:
         for case, libs in cases.items():
             times = [ms(getattr(libs[n], kind)) if n in libs else "-" for n in shown]
             ours = next(r for name, r in libs.items() if name.startswith("jaxsce"))
-            lo_hi = spread(getattr(ours, f"{kind}_samples"), getattr(libs["optax"], f"{kind}_samples"))
+            samples = f"{kind}_samples"
+            lo_hi = spread(getattr(ours, samples), getattr(libs["optax"], samples))
             per = []
             if kind != "fwd_bwd_donated":
                 per = [per_byte(getattr(libs[n], f"bytes_{kind}")) for n in jax_names]

@@ -48,7 +48,7 @@ def _bce(z: jax.Array, y: jax.Array, w: jax.Array | None) -> jax.Array:
 
 
 def _bce_fwd(z, y, w):
-    return _bce(z, y, w), (z, y, w)
+    return _bce_values(z, y, w), (z, y, w)
 
 
 def _bce_bwd(res, g):

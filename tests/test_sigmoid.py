@@ -196,3 +196,25 @@ def test_bad_options():
         BCE(z, z, pos_weight=jnp.ones(2))
     with pytest.raises(TypeError, match="where.*boolean"):
         BCE(z, z, where=jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize("pos_weight", [None, 3.0])
+def test_hessian_runs_through_the_fused_path(x64, pos_weight):
+    # jax.hessian is forward over reverse: the fused rule's forward pass must
+    # be plain JAX code. The closed form: diag((1 + (w - 1) y) s (1 - s)).
+    z = jnp.array([0.3, -1.2, 2.5], jnp.float64)
+    y = jnp.array([1.0, 0.0, 0.5], jnp.float64)
+
+    def loss(z, fused):
+        return jnp.sum(
+            jaxsce.sigmoid_binary_cross_entropy(z, y, pos_weight=pos_weight, fused=fused)
+        )
+
+    h = jax.hessian(loss)(z, True)
+    s = jax.nn.sigmoid(z)
+    lw = 1.0 if pos_weight is None else 1 + (pos_weight - 1) * y
+    np.testing.assert_allclose(h, jax.hessian(loss)(z, False), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(h, jnp.diag(lw * s * (1 - s)), rtol=1e-13, atol=1e-15)
+    # A wrong closed form (without the pos_weight factor) is rejected.
+    if pos_weight is not None:
+        assert not np.allclose(h, jnp.diag(s * (1 - s)), rtol=1e-3)

@@ -1,7 +1,10 @@
 """Tests of symbolic/: proofs hold, wrong formulas are refuted, three legs agree."""
 
 import io
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -256,3 +259,11 @@ def jaxsce_linear():
     import jaxsce
 
     return jaxsce.linear_softmax_cross_entropy
+
+
+def test_without_sympy_the_error_says_what_to_install():
+    code = "import sys; sys.modules['sympy'] = None; import symbolic"
+    root = pathlib.Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode != 0
+    assert 'pip install -e ".[symbolic]"' in out.stderr
