@@ -1051,8 +1051,13 @@ def _fused_loss(hidden, weight, bias, labels, opts, valid, st, reduction, method
         total = _nan_unless(valid, _linear_ce_total(h, weight, bias, y, opts, st))
         return total if reduction == "sum" else _mean(total, y, st.ignore_index)
     outs = _linear_ce(h, weight, bias, y, opts, st, return_aux)
+    return _finish_per_example(outs, labels, valid, reduction, st.ignore_index, return_aux)
+
+
+def _finish_per_example(outs, labels, valid, reduction, ignore_index, return_aux):
+    """Per-example outputs of a custom rule back to ``labels``' shape, reduced."""
     loss = _nan_unless(valid, outs[0].reshape(labels.shape))
-    loss = _reduce(loss, labels, reduction, st.ignore_index)
+    loss = _reduce(loss, labels, reduction, ignore_index)
     if not return_aux:
         return loss
     lse, logp, correct = (x.reshape(labels.shape) for x in outs[1:])

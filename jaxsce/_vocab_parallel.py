@@ -21,20 +21,18 @@ from jax import lax
 
 from jaxsce._linear import (
     DEFAULT_CHUNK_SIZE,
-    LinearCrossEntropyAux,
     _cast_cotangents,
     _check_bound_in_backward,
     _check_labels,
     _check_options,
     _chunk_dlogits,
     _chunk_stats,
+    _finish_per_example,
     _layout,
     _losses_from_local,
-    _nan_unless,
     _on,
     _outputs,
     _per_device,
-    _reduce,
     _resolve,
     _restore_rows,
     _saved_stats,
@@ -113,12 +111,7 @@ _vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
 def _vp_loss(logits, labels, opts, valid, st, reduction, return_aux):
     z = logits.reshape(labels.size, logits.shape[-1])
     outs = _vp_ce(z, labels.reshape(labels.size), opts, st, return_aux)
-    loss = _nan_unless(valid, outs[0].reshape(labels.shape))
-    loss = _reduce(loss, labels, reduction, st.ignore_index)
-    if not return_aux:
-        return loss
-    lse, logp, correct = (x.reshape(labels.shape) for x in outs[1:])
-    return loss, LinearCrossEntropyAux(lse, logp, correct > 0)
+    return _finish_per_example(outs, labels, valid, reduction, st.ignore_index, return_aux)
 
 
 def vocab_parallel_softmax_cross_entropy(
