@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxsce._checks import check_array_option, class_indices, labels_ignored
@@ -38,6 +39,7 @@ from jaxsce._logsumexp import (
     Axis,
     classes_last,
     compute_dtype,
+    exact_shift,
     exp_shifted,
     mask_logits,
     max_and_rest,
@@ -176,6 +178,133 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets, cap: float |
     return (ce, s.logsumexp, correct), (s, z)
 
 
+def _labels_only(where: jax.Array | None, t: Targets, cap: float | None) -> bool:
+    """Whether the targets are one weighted label per example, nothing else (static)."""
+    return t.labels is not None and t.dense is None and t.smooth_weight is None and where is None and cap is None
+
+
+def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
+    r"""``u_k = e^{z_k - a} e^{a - m}`` with the label's entry set to 0, and its sum.
+
+    With ``a`` from :func:`exact_shift` the subtraction is exact, so every
+    ``u_k`` carries the rounding of one ``exp`` and one product, whatever the
+    margin; the row scale ``e^{a - m}`` keeps the terms at most 1. The label's
+    entry is taken out by index, so that its sum ``T`` is the other classes'
+    alone, without the cancellation of subtracting it from the full sum (and
+    ties with the label count as they should).
+
+    Returns:
+      ``(u, T, E)``: ``u`` ``(..., C)``, ``T = sum_{k != y} u_k`` and
+      ``E = e^{z_y - a} e^{a - m}``, both ``(...,)``.
+    """
+    empty = m == -jnp.inf
+    a = exact_shift(m)
+    c = jnp.exp(a - jnp.where(empty, 0.0, m))
+    num_classes = z.shape[-1]
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    u = jnp.where(_onehot(safe, z), 0.0, jnp.exp(z - a[..., None]) * c[..., None])
+    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
+    return u, jnp.sum(u, axis=-1), jnp.exp(z_y - a) * c, z_y
+
+
+LABEL_BLOCK = 256  # classes per block in the forward-only sum of a long row
+FUSED_SUM_SIZE = 2**23  # logits above which a value-only call sums without writing `u`
+
+
+def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
+    """``(T, E, z_y)`` of :func:`_label_terms` without writing ``u`` out (value-only calls).
+
+    The label is taken out arithmetically (``min(|k - y|, 1)`` is 0 on it and 1
+    elsewhere), so that XLA sums in one fused pass over the logits. In a row
+    longer than ``2 LABEL_BLOCK`` that runs on the label's block only: the
+    other blocks are summed plainly.
+    """
+    empty = m == -jnp.inf
+    a = exact_shift(m)
+    c = jnp.exp(a - jnp.where(empty, 0.0, m))
+    num_classes = z.shape[-1]
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
+    e_y = jnp.exp(z_y - a) * c
+
+    def others(x, first, label):  # sum of exp(x - a) c over entries whose index is not `label`
+        index = first + jax.lax.broadcasted_iota(z.dtype, x.shape, x.ndim - 1)
+        off = jnp.minimum(jnp.abs(index - label.astype(z.dtype)[..., None]), 1.0)
+        return jnp.sum(jnp.exp(x - a[..., None]) * c[..., None] * off, axis=-1)
+
+    block = LABEL_BLOCK
+    if num_classes <= 2 * block:
+        return others(z, 0.0, safe), e_y, z_y
+    # Every block but the label's, summed plainly; then the label's, without it.
+    sums = jnp.exp(z - a[..., None]) * c[..., None]
+    window = (1,) * (z.ndim - 1) + (block,)
+    padding = ((0, 0),) * (z.ndim - 1) + ((0, -num_classes % block),)
+    sums = jax.lax.reduce_window(sums, np.float32(0).astype(z.dtype), jax.lax.add, window, window, padding)
+    k = safe // block
+    ids = jax.lax.broadcasted_iota(k.dtype, sums.shape, sums.ndim - 1)
+    rest = jnp.sum(jnp.where(ids == k[..., None], 0.0, sums), axis=-1)
+    index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
+    x = jnp.take_along_axis(z, jnp.minimum(index, num_classes - 1), axis=-1)
+    x = jnp.where(index < num_classes, x, -jnp.inf)
+    return rest + others(x, (k * block).astype(z.dtype)[..., None], safe), e_y, z_y
+
+
+def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
+    """:func:`_xent_values` for one weighted label per example, from :func:`_label_terms`.
+
+    ``lse - z_y = log1p(T / E)``: a sum of positive terms, no cancellation
+    for a confident prediction. Where ``T / E`` overflows (the label far
+    below the largest logit) it is ``(m - z_y) + log(T)`` instead.
+    """
+    assert t.labels is not None  # see _labels_only
+    z = z.astype(compute_dtype(z.dtype))
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1))
+    if fused_sum:
+        total, e_y, z_y = _label_total(z, t.labels, m)
+    else:
+        _, total, e_y, z_y = _label_terms(z, t.labels, m)
+    q = total / e_y
+    finite = q < jnp.inf
+    nll = jnp.where(finite, jnp.log1p(q), (m - z_y) + jnp.log(total))
+    lse = jnp.where(finite, z_y + jnp.log1p(q), m + jnp.log(total))
+    empty = m == -jnp.inf
+    nll = jnp.where(empty, jnp.inf, nll)
+    lse = jnp.where(empty, -jnp.inf, lse)
+    w = jnp.ones((), z.dtype) if t.label_weight is None else t.label_weight.astype(z.dtype)
+    bad = _bad_labels(t, z)
+    ce = jnp.where(bad, jnp.nan, _xmul(w, nll))
+    correct = (z_y >= m) & ~empty & ~bad
+    return (ce, lse, correct), (m, total, e_y, nll)
+
+
+def _label_bwd(z_in, t, res, g):
+    """The fused backward pass of :func:`_label_values`.
+
+    ``dz = (g w + g_lse) p - g w onehot``, with ``p_k = u_k / (T + E)``; on
+    the label, ``(g_lse E - g w T) / (T + E)`` (no cancellation).
+    """
+    m, total, e_y, nll = res
+    g_ce, g_lse, _ = g
+    assert t.labels is not None  # see _labels_only
+    z = z_in.astype(compute_dtype(z_in.dtype))
+    w = jnp.ones((), z.dtype) if t.label_weight is None else t.label_weight.astype(z.dtype)
+    u, _, _, _ = _label_terms(z, t.labels, m)  # the forward pass's array (XLA shares it)
+    inv = 1.0 / (total + e_y)
+    scale = (g_ce * w + g_lse) * inv
+    at_label = (g_lse * e_y - g_ce * w * total) * inv
+    bad = _bad_labels(t, z)
+    # Rows whose loss does not reach the output get exactly 0, NaN logits too.
+    zero = ((g_ce == 0) & (g_lse == 0)) | (m == -jnp.inf)
+    scale = jnp.where(zero, 0.0, jnp.where(bad, jnp.nan, scale))
+    at_label = jnp.where(zero, 0.0, jnp.where(bad, jnp.nan, at_label))
+    dz = jnp.where(scale[..., None] == 0, 0.0, u * scale[..., None])
+    safe = jnp.clip(t.labels, 0, z.shape[-1] - 1)
+    dz = jnp.where(_onehot(safe, z), at_label[..., None], dz)
+    dw = None if t.label_weight is None else (g_ce * nll).astype(t.label_weight.dtype)
+    dt = Targets(dense=None, label_weight=dw, smooth_weight=None, class_weights=None)
+    return dz.astype(z_in.dtype), None, dt
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None = None):
     """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``.
@@ -183,18 +312,30 @@ def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None =
     With a soft-cap the chain rule runs inside the same pass: the gradient
     with respect to the raw logits is ``g (p sum(y) - y) (1 - tanh^2(z / c))``,
     with ``tanh`` recomputed from the raw logits (no residual of size N x C).
+    One weighted label per example (the common case) takes the faster
+    :func:`_label_values` and :func:`_label_bwd`.
     """
+    if _labels_only(where, t, cap):
+        # Value only: past FUSED_SUM_SIZE logits, writing `u` out costs more
+        # (fresh pages every call) than the fused sum's extra operations.
+        return _label_values(z, t, fused_sum=z.size > FUSED_SUM_SIZE)[0]
     return _xent_values(z, where, t, cap)[0]
 
 
 def _xent_fwd(z, where, t, cap):
+    if _labels_only(where, t, cap):
+        out, res = _label_values(z, t)
+        return out, (z, where, t, *res)
     out, (s, _) = _xent_values(z, where, t, cap)
     # Residuals: the inputs themselves and three numbers per example.
     return out, (z, where, t, s.shift, s.rest, s.empty)
 
 
 def _xent_bwd(cap, res, g):
-    z_in, where, t, shift, rest, empty = res
+    z_in, where, t = res[:3]
+    if _labels_only(where, t, cap):
+        return _label_bwd(z_in, t, res[3:], g)
+    shift, rest, empty = res[3:]
     g_ce, g_lse, _ = g  # `correct` is boolean: it has no cotangent.
     z = _capped(z_in, where, cap)
     g_ce, g_lse = g_ce[..., None], g_lse[..., None]

@@ -275,6 +275,42 @@ def _blocked_rest_jvp(block, primals, tangents):
     return rest, jnp.sum(e * dz, axis=-1) - (1 + rest) * dshift
 
 
+def exact_shift(m: jax.Array) -> jax.Array:
+    r"""A per-row shift ``a`` for which ``z - a`` is exact on every logit that counts.
+
+    ``exp(z - m)`` pays for the rounding of ``z - m``: a relative error up to
+    ``|z - m| eps / 2``, about 25 ulp at a margin of 50 (:func:`exp_shifted`
+    adds a Fast2Sum correction for it, at the price of several operations per
+    logit). A shift that makes the subtraction exact needs no correction.
+    In a row whose largest logit is ``m``, the logits that count lie in
+    ``[m - 70, m]`` (the documented accuracy range; further down the terms
+    are below ``e^-70`` of the largest one). This ``a`` subtracts exactly
+    from each of them, and keeps ``z - a <= 87`` and ``a - m >= -87``, so
+    that ``exp(z - a)`` and the row's scale ``exp(a - m)`` are normal floats:
+
+    ===================== ========= ==========================================
+    largest logit ``m``   ``a``     why ``z - a`` is exact
+    ===================== ========= ==========================================
+    ``[-17, 80]``         ``0``     nothing is subtracted
+    ``(80, 103]``         ``16``    ``z >= 8``: the difference fits ``z``'s grid
+    ``(103, 119]``        ``32``    ``z >= 16``, likewise
+    ``(119, 151]``        ``64``    ``z >= 32``, likewise
+    ``> 151``, ``< -70``  ``m``     Sterbenz: ``z`` within a factor 2 of ``m``
+    ``[-70, -70/3]``      ``2m``    Sterbenz: ``z`` in ``[4m, m]``
+    ``(-70/3, -17)``      ``-16``   ``z <= -8``: the difference fits ``z``'s grid
+    ===================== ========= ==========================================
+
+    (Subtracting a power of two ``P`` from ``z`` of the same sign is exact
+    when ``|z| >= P / 2``, and when ``P / 3 < 2^j <= |z|``: the result is a
+    multiple of ``ulp(z)`` below ``2^(j+1)``.) A non-finite ``m`` gives 0.
+    """
+    a = jnp.where(m <= 103.0, 16.0, jnp.where(m <= 119.0, 32.0, jnp.where(m <= 151.0, 64.0, m)))
+    a = jnp.where(m <= 80.0, 0.0, a)
+    low = jnp.where(m < -70.0, m, jnp.where(m <= -70.0 / 3.0, 2.0 * m, -16.0))
+    a = jnp.where(m < -17.0, low, a)
+    return jnp.where(jnp.isfinite(m), a, 0.0).astype(m.dtype)
+
+
 def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
     x = jnp.asarray(x_in)
     if not jnp.issubdtype(x.dtype, jnp.floating):

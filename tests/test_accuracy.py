@@ -97,3 +97,56 @@ def test_half_precision_is_computed_in_float32(cases):
     assert loss.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
     ref, _ = _reference(np.asarray(zb.astype(jnp.float32)), y)
     assert ulp_error(loss, ref).max() <= BOUND
+
+
+# -- the shift that makes z - a exact (jaxsce._logsumexp.exact_shift) ---------------
+
+# Largest logits in every row of exact_shift's table, its edges included.
+SHIFTED_SCALES = (-200.0, -70.0, -40.0, -23.0, -17.5, 79.5, 81.0, 103.5, 119.5, 140.0, 160.0)
+
+
+@pytest.mark.parametrize("scale", SHIFTED_SCALES)
+def test_within_a_few_ulp_wherever_the_largest_logit_lies(scale):
+    """Margins up to 60 below a largest logit in each row of the shift table."""
+    rng = np.random.default_rng(11)
+    margins = np.array([0.0, 5.0, 20.0, 40.0, 60.0])
+    z = rng.uniform(-8, 0, (len(margins), 10))
+    labels = rng.integers(10, size=len(margins))
+    z[np.arange(len(margins)), labels] = margins  # the label leads the others by `margin`
+    z = (z - margins[:, None] + scale).astype(np.float32)  # and is the largest logit, `scale`
+    loss_ref, grad_ref = _reference(z, labels)
+    loss, grad = _integer_loss_and_grad(jaxsce.softmax_cross_entropy_with_integer_labels)(z, labels)
+    assert ulp_error(loss, loss_ref).max() <= BOUND
+    assert ulp_error(grad, grad_ref).max() <= BOUND
+    value = jax.jit(jaxsce.softmax_cross_entropy_with_integer_labels)(z, labels)
+    assert ulp_error(value, loss_ref).max() <= BOUND
+
+
+def test_the_bound_rejects_the_plain_shift():
+    """Shifting by the largest logit itself rounds ``z - m``: up to 8 ulp at margin 40.
+
+    Two classes, the label 40 above the other, whose logit has a finer grid
+    than 40 - z; even with an exact ``exp`` the rounded difference breaks the
+    bound, while jaxsce's shift (0 here) keeps every row within it.
+    """
+    rng = np.random.default_rng(5)
+    z = np.stack([np.full(200, 40.0), rng.uniform(-1, 1, 200)], -1).astype(np.float32)
+    y = np.zeros(200, int)
+    loss_ref, _ = _reference(z, y)
+    d = (z[:, 1] - z[:, 0]).astype(np.float32)  # rounded in float32
+    plain = np.log1p(np.exp(d.astype(np.float64)))
+    assert ulp_error(plain, loss_ref).max() > BOUND
+    loss = jax.jit(jaxsce.softmax_cross_entropy_with_integer_labels)(z, y)
+    assert ulp_error(loss, loss_ref).max() <= BOUND
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_value_only_sum_without_the_array(monkeypatch, cases, num_classes):
+    """The fused sum of large value-only calls (forced here) within the same bound."""
+    from jaxsce import _cross_entropy
+
+    monkeypatch.setattr(_cross_entropy, "FUSED_SUM_SIZE", 0)
+    for case in [(num_classes, 0.0), (num_classes, 1e4)] if num_classes == 10 else CASES[2:]:
+        z, y, loss_ref, _ = cases[case]
+        loss = jax.jit(jaxsce.softmax_cross_entropy_with_integer_labels)(z, y)
+        assert ulp_error(loss, loss_ref).max() <= BOUND

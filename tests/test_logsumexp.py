@@ -270,3 +270,31 @@ def test_masked_entries_at_the_most_negative_float():
     np.testing.assert_array_equal(jaxsce.softmax(z, where=where), [1.0, 0.0, 0.0])
     assert jaxsce.logsumexp(z, where=where) == -_F32_MAX
     assert jaxsce.softmax_cross_entropy_with_integer_labels(z, 0, where=where) == 0
+
+
+def test_exact_shift_subtracts_exactly_on_every_logit_that_counts():
+    """For largest logits m across float32's range and z in [m - 70, m], z - a is exact."""
+    from jaxsce._logsumexp import exact_shift
+
+    rng = np.random.default_rng(0)
+    m = np.concatenate(
+        [np.linspace(-300, 300, 60001), -np.logspace(0, 38, 400), np.logspace(0, 38, 400)]
+    ).astype(np.float32)
+
+    def inexact(a):
+        count = 0
+        for trial in range(8):
+            z = (m.astype(np.float64) - 70 * rng.uniform(0, 1, m.shape) ** 2).astype(np.float32)
+            if trial == 0:
+                z = np.nextafter(m - np.float32(70), m)  # the lowest logit that counts
+            z = np.minimum(z, m)
+            d = (z - a).astype(np.float32)
+            exact = d.astype(np.float64) == z.astype(np.float64) - a.astype(np.float64)
+            in_range = (d <= 87) & (a.astype(np.float64) - m >= -87)
+            count += int(np.sum(~(exact & in_range)))
+        return count
+
+    assert inexact(np.asarray(exact_shift(jnp.asarray(m)))) == 0
+    assert inexact(m) > 1000  # the plain shift by m rounds
+    assert inexact(np.zeros_like(m)) > 1000  # no shift overflows
+    assert np.asarray(exact_shift(jnp.array([np.nan, -np.inf, np.inf], np.float32))).tolist() == [0, 0, 0]
