@@ -130,8 +130,16 @@ def _bad_labels(t: Targets, z: jax.Array) -> jax.Array:
 
 
 def _softcap(z: jax.Array, cap: float | jax.Array | None) -> jax.Array:
-    """Gemma 2's logit soft-capping ``cap * tanh(z / cap)`` (identity for None)."""
-    return z if cap is None else cap * jnp.tanh(z / cap)
+    """Gemma 2's logit soft-capping ``cap * tanh(z / cap)`` (identity for None).
+
+    The ``min`` with ``cap`` changes no value (``tanh <= 1``). It keeps the
+    product rounded: XLA recomputes the capped logits in each kernel that
+    reads them, and LLVM would contract ``m - cap * tanh`` into one FMA in
+    some of them, so that the largest logit ``m`` found by one kernel no
+    longer equals itself in another (the exact exclusion of the largest
+    class compares them).
+    """
+    return z if cap is None else jnp.minimum(cap * jnp.tanh(z / cap), cap)
 
 
 def _capped(z: jax.Array, where: jax.Array | None, cap: float | None) -> jax.Array:
@@ -200,10 +208,10 @@ def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
     empty = m == -jnp.inf
     a = exact_shift(m)
     c = jnp.exp(a - jnp.where(empty, 0.0, m))
-    num_classes = z.shape[-1]
+    num_classes, cd = z.shape[-1], m.dtype
     safe = jnp.clip(labels, 0, num_classes - 1)
-    u = jnp.where(_onehot(safe, z), 0.0, jnp.exp(z - a[..., None]) * c[..., None])
-    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
+    u = jnp.where(_onehot(safe, z), 0.0, jnp.exp(z.astype(cd) - a[..., None]) * c[..., None])
+    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(cd)
     return u, jnp.sum(u, axis=-1), jnp.exp(z_y - a) * c, z_y
 
 
@@ -222,31 +230,31 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     empty = m == -jnp.inf
     a = exact_shift(m)
     c = jnp.exp(a - jnp.where(empty, 0.0, m))
-    num_classes = z.shape[-1]
+    num_classes, cd = z.shape[-1], m.dtype
     safe = jnp.clip(labels, 0, num_classes - 1)
-    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
+    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(cd)
     e_y = jnp.exp(z_y - a) * c
 
     def others(x, first, label):  # sum of exp(x - a) c over entries whose index is not `label`
-        index = first + jax.lax.broadcasted_iota(z.dtype, x.shape, x.ndim - 1)
-        off = jnp.minimum(jnp.abs(index - label.astype(z.dtype)[..., None]), 1.0)
-        return jnp.sum(jnp.exp(x - a[..., None]) * c[..., None] * off, axis=-1)
+        index = first + jax.lax.broadcasted_iota(cd, x.shape, x.ndim - 1)
+        off = jnp.minimum(jnp.abs(index - label.astype(cd)[..., None]), 1.0)
+        return jnp.sum(jnp.exp(x.astype(cd) - a[..., None]) * c[..., None] * off, axis=-1)
 
     block = LABEL_BLOCK
     if num_classes <= 2 * block:
         return others(z, 0.0, safe), e_y, z_y
     # Every block but the label's, summed plainly; then the label's, without it.
-    sums = jnp.exp(z - a[..., None]) * c[..., None]
+    sums = jnp.exp(z.astype(cd) - a[..., None]) * c[..., None]
     window = (1,) * (z.ndim - 1) + (block,)
     padding = ((0, 0),) * (z.ndim - 1) + ((0, -num_classes % block),)
-    sums = jax.lax.reduce_window(sums, np.float32(0).astype(z.dtype), jax.lax.add, window, window, padding)
+    sums = jax.lax.reduce_window(sums, np.zeros((), cd)[()], jax.lax.add, window, window, padding)
     k = safe // block
     ids = jax.lax.broadcasted_iota(k.dtype, sums.shape, sums.ndim - 1)
     rest = jnp.sum(jnp.where(ids == k[..., None], 0.0, sums), axis=-1)
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
     x = jnp.take_along_axis(z, jnp.minimum(index, num_classes - 1), axis=-1)
     x = jnp.where(index < num_classes, x, -jnp.inf)
-    return rest + others(x, (k * block).astype(z.dtype)[..., None], safe), e_y, z_y
+    return rest + others(x, (k * block).astype(cd)[..., None], safe), e_y, z_y
 
 
 def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
@@ -257,8 +265,10 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
     below the largest logit) it is ``(m - z_y) + log(T)`` instead.
     """
     assert t.labels is not None  # see _labels_only
-    z = z.astype(compute_dtype(z.dtype))
-    m = jax.lax.stop_gradient(jnp.max(z, axis=-1))
+    # Logits stay in their dtype: max and gather are exact in 16 bits, and each
+    # fused kernel upcasts what it reads (no float32 copy of 16-bit logits).
+    cd = compute_dtype(z.dtype)
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
     if fused_sum:
         total, e_y, z_y = _label_total(z, t.labels, m)
     else:
@@ -270,7 +280,7 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
     empty = m == -jnp.inf
     nll = jnp.where(empty, jnp.inf, nll)
     lse = jnp.where(empty, -jnp.inf, lse)
-    w = jnp.ones((), z.dtype) if t.label_weight is None else t.label_weight.astype(z.dtype)
+    w = jnp.ones((), cd) if t.label_weight is None else t.label_weight.astype(cd)
     bad = _bad_labels(t, z)
     ce = jnp.where(bad, jnp.nan, _xmul(w, nll))
     correct = (z_y >= m) & ~empty & ~bad
@@ -286,8 +296,8 @@ def _label_bwd(z_in, t, res, g):
     m, total, e_y, nll = res
     g_ce, g_lse, _ = g
     assert t.labels is not None  # see _labels_only
-    z = z_in.astype(compute_dtype(z_in.dtype))
-    w = jnp.ones((), z.dtype) if t.label_weight is None else t.label_weight.astype(z.dtype)
+    z = z_in
+    w = jnp.ones((), m.dtype) if t.label_weight is None else t.label_weight.astype(m.dtype)
     u, _, _, _ = _label_terms(z, t.labels, m)  # the forward pass's array (XLA shares it)
     inv = 1.0 / (total + e_y)
     scale = (g_ce * w + g_lse) * inv
@@ -324,6 +334,8 @@ def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None =
 
 def _xent_fwd(z, where, t, cap):
     if _labels_only(where, t, cap):
+        # The backward pass reuses the forward pass's array `u`: XLA shares it
+        # (and in float32 writes the gradient over it).
         out, res = _label_values(z, t)
         return out, (z, where, t, *res)
     out, (s, _) = _xent_values(z, where, t, cap)

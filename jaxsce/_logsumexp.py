@@ -171,24 +171,14 @@ def exp_shifted(z: jax.Array, shift: jax.Array) -> jax.Array:
     return e + e * r
 
 
-def _top(z: jax.Array, shift: jax.Array) -> jax.Array:
-    """1 where ``z`` equals ``shift`` (a largest entry), 0 below it.
-
-    ``1 - ceil(min(shift - z, 1))``: arithmetic, no comparison or select, so
-    that XLA's CPU reductions fuse it with the sum that reads it. It reads
-    ``shift - z`` rather than the ``z - shift`` of :func:`exp_shifted`:
-    XLA writes out as an array whatever two fusions share.
-    """
-    return 1.0 - jnp.ceil(jnp.minimum(shift[..., None] - z, 1.0))
-
-
+@jax.custom_jvp
 def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array) -> jax.Array:
     """``sum exp(z_k - m)`` over every entry but one largest, exactly.
 
-    Each largest entry has ``e = exp(0) = 1`` exactly and enters the sum as
-    ``e - 1 = 0``, with the derivative of ``e^{z - m}``; every other entry
-    enters as itself. All but one of the 1s come back as the exact count of
-    ties. Masked entries are ``-inf``, with ``e = 0``.
+    Each largest entry is left out by the factor ``1 - top = ceil(min(m - z, 1))``
+    (0 on it, 1 below it: arithmetic, so that XLA's CPU reductions fuse it);
+    all but one of them come back as the exact count of ties. Masked
+    entries are ``-inf``, with ``e = 0``.
 
     The ties are counted from the logits as ``C + sum(floor(max(z - s, -1/2)))``
     (each term -1 below the top, 0 on it), with a copy ``s`` of the shift
@@ -196,10 +186,23 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array) -> jax.Array:
     constants: XLA writes out as an ``(..., C)`` array whatever two
     reductions share, instead of fusing it into each.
     """
-    others = jnp.sum(exp_shifted(z, shift[..., None]) - _top(z, shift), axis=-1)
+    keep = jnp.ceil(jnp.minimum(shift[..., None] - z, 1.0))
+    others = jnp.sum(scaled_exp(z, shift) * keep, axis=-1)
     below = jnp.floor(jnp.maximum(z - jnp.where(empty, 1.0, shift)[..., None], -0.5))
     ties = (z.shape[-1] - 1) + jnp.sum(below, axis=-1)
     return others + jnp.maximum(ties, 0.0)
+
+
+@_rest_of.defjvp
+def _rest_of_jvp(primals, tangents):
+    """``d(1 + rest) = sum_k e^{z_k - m} (dz_k - dm)``: ``1 + rest`` is the plain sum.
+
+    (The left-out largest entries have the derivative of ``e^{z - m}`` too.)
+    """
+    z, shift, empty = primals
+    dz, dshift, _ = tangents
+    rest = _rest_of(z, shift, empty)
+    return rest, jnp.sum(scaled_exp(z, shift) * dz, axis=-1) - (1 + rest) * dshift
 
 
 def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
@@ -251,7 +254,7 @@ def _blocked_rest(z, shift, block_max, empty, block):
     """:func:`_rest_of` over a row cut into blocks: only the top block excludes."""
     num_classes = z.shape[-1]
     k = jnp.argmax(block_max, axis=-1)  # the block holding the largest class
-    block_sum = _block_reduce(exp_shifted(z, shift[..., None]), jax.lax.add, 0.0, block)
+    block_sum = _block_reduce(scaled_exp(z, shift), jax.lax.add, 0.0, block)
     block_ids = jax.lax.broadcasted_iota(k.dtype, block_sum.shape, block_sum.ndim - 1)
     others = jnp.sum(jnp.where(block_ids == k[..., None], 0.0, block_sum), axis=-1)
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
@@ -271,8 +274,7 @@ def _blocked_rest_jvp(block, primals, tangents):
     z, shift, block_max, empty = primals
     dz, dshift, _, _ = tangents
     rest = _blocked_rest(z, shift, block_max, empty, block)
-    e = exp_shifted(z, shift[..., None])
-    return rest, jnp.sum(e * dz, axis=-1) - (1 + rest) * dshift
+    return rest, jnp.sum(scaled_exp(z, shift) * dz, axis=-1) - (1 + rest) * dshift
 
 
 def exact_shift(m: jax.Array) -> jax.Array:
@@ -309,6 +311,18 @@ def exact_shift(m: jax.Array) -> jax.Array:
     low = jnp.where(m < -70.0, m, jnp.where(m <= -70.0 / 3.0, 2.0 * m, -16.0))
     a = jnp.where(m < -17.0, low, a)
     return jnp.where(jnp.isfinite(m), a, 0.0).astype(m.dtype)
+
+
+def scaled_exp(z: jax.Array, shift: jax.Array) -> jax.Array:
+    """``e^{z - shift}`` as ``e^{z - a} e^{a - shift}`` with ``a`` from :func:`exact_shift`.
+
+    ``z - a`` is exact, so each entry carries the rounding of one ``exp`` and
+    one product whatever ``z - shift`` is (``exp(z - shift)`` loses up to
+    ``|z - shift| eps / 2``). ``shift`` is ``(...,)``: the row's largest logit,
+    or 0 in an empty row; NaN propagates.
+    """
+    a = exact_shift(shift)
+    return jnp.exp(z - a[..., None]) * jnp.exp(a - shift)[..., None]
 
 
 def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
@@ -419,6 +433,22 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
     arr, axes, z = _prepare(x, axis, where, "softmax")
     if z.shape[-1] == 0:
         return jnp.zeros(arr.shape, arr.dtype)  # nothing to normalise
-    s = max_and_rest(z)
-    out = exp_shifted(z, s.shift[..., None]) / (1 + s.rest)[..., None]
-    return classes_restore(out.astype(arr.dtype), axes, arr.shape)
+    return classes_restore(_softmax(z).astype(arr.dtype), axes, arr.shape)
+
+
+@jax.custom_jvp
+def _softmax(z: jax.Array) -> jax.Array:
+    """``u / sum(u)`` with ``u = e^{z - m}`` from :func:`scaled_exp` (no cancellation to avoid)."""
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1))
+    empty = m == -jnp.inf
+    u = scaled_exp(z, jnp.where(empty, 0.0, m))
+    return u / jnp.where(empty, 1.0, jnp.sum(u, axis=-1))[..., None]
+
+
+@_softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    """``dp = p (dz - sum(p dz))``, the Jacobian ``diag(p) - p p^T`` applied to ``dz``."""
+    (z,), (dz,) = primals, tangents
+    p = _softmax(z)
+    pdz = p * dz
+    return p, pdz - p * jnp.sum(pdz, axis=-1, keepdims=True)
