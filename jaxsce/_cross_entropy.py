@@ -20,6 +20,10 @@ of two non-negative terms (see :mod:`jaxsce._logsumexp`), and the gradient of
 the largest class as ``(e K - y) - y rest`` over ``1 + rest``, which is
 ``-rest / (1 + rest)`` exactly when the target is one-hot on it. Neither
 loses the tiny ``1 - p`` of a confident prediction.
+
+One weighted label per example, the common case, takes a faster route with
+the same accuracy (:func:`_label_values`): the label, not the largest class,
+is left out of the sum, by its index, and ``lse - z_y = log1p(T / E)``.
 """
 
 from __future__ import annotations
@@ -188,7 +192,13 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets, cap: float |
 
 def _labels_only(where: jax.Array | None, t: Targets, cap: float | None) -> bool:
     """Whether the targets are one weighted label per example, nothing else (static)."""
-    return t.labels is not None and t.dense is None and t.smooth_weight is None and where is None and cap is None
+    return (
+        t.labels is not None
+        and t.dense is None
+        and t.smooth_weight is None
+        and where is None
+        and cap is None
+    )
 
 
 def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):

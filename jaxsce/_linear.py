@@ -53,7 +53,7 @@ DEFAULT_CHUNK_SIZE = 2048
 
 # "precompute": rows per block are chosen so that one block's float32 logits
 # take at most this many bytes (at least one row).
-BLOCK_BYTES = 40 * 2**20
+BLOCK_BYTES = 56 * 2**20
 
 # method="auto" takes "precompute" (for reduction "sum" or "mean") when the
 # float32 weight-gradient buffer it keeps between the passes is at most this.
@@ -1161,7 +1161,7 @@ def linear_softmax_cross_entropy(
         recomputes each chunk's logits in the backward pass (four ``N D V``
         products, any cotangent). ``"precompute"`` computes all gradients in
         the forward pass over blocks of rows whose logits take at most
-        ``BLOCK_BYTES`` (40 MiB) and scales them by the cotangent in the
+        ``BLOCK_BYTES`` (56 MiB) and scales them by the cotangent in the
         backward pass (three products; only for ``reduction="sum"`` or
         ``"mean"``; keeps one float32 gradient of the weight's size, plus
         ``hidden``'s, between the passes). Without a gradient both run the

@@ -1,7 +1,8 @@
 r"""The log-sum-exp core: one place that computes the softmax normaliser.
 
-Every function of jaxsce (softmax, log-softmax, the losses and their fused
-gradient) takes its normaliser from :func:`max_and_rest`, which writes it as
+``logsumexp``, ``log_softmax`` and the cross-entropies with targets other than
+one weighted label take their normaliser from :func:`max_and_rest`, which
+writes it as
 
 .. math::
 
@@ -14,11 +15,14 @@ confident prediction: ``log(1 + r)`` rounds ``1 + r`` to 1 when ``r`` is below
 float32's epsilon and returns 0, ``log1p(r)`` returns ``r`` to full precision.
 The same ``r`` gives ``1 - p_top = r / (1 + r)`` without cancellation.
 
-The shift ``m`` goes through ``lax.stop_gradient``. Each largest entry (all of
-them when several tie) enters the sum as ``expm1(z_k - m)``: exactly 0 in
-value, with the derivative of ``e^{z_k - m}``. The tied 1s come back as the
-exact integer ``count - 1``. So ``1 + r`` is, as a function, the plain sum of
-exponentials, and JAX differentiates it correctly to every order.
+Each term is :func:`scaled_exp`, ``e^{z - a} e^{a - m}`` with the exact shift
+``a`` of :func:`exact_shift`: no rounding of ``z - m`` to correct. The shift
+``m`` goes through ``lax.stop_gradient``; the largest entries (all of them
+when several tie) are left out arithmetically and the tied 1s come back as
+the exact integer ``count - 1``. A custom JVP gives ``1 + r`` the derivative
+of the plain sum of exponentials, to every order. ``softmax`` needs no entry
+left out (``u / sum(u)``), and the integer-label loss leaves out the label
+(:mod:`jaxsce._cross_entropy`).
 """
 
 from __future__ import annotations

@@ -239,9 +239,7 @@ def _far_below(a):
     return b
 
 
-@pytest.mark.parametrize(
-    "a", [2.0**31, 3e9, 2.0**40, 1e30, 3e38, -(2.0**31), -3e9, -1e30, -3.4e38]
-)
+@pytest.mark.parametrize("a", [2.0**31, 3e9, 2.0**40, 1e30, 3e38, -(2.0**31), -3e9, -1e30, -3.4e38])
 def test_huge_logits_give_exact_results(a):
     """Two logits 300 or more apart: the larger takes all the probability.
 
@@ -297,4 +295,8 @@ def test_exact_shift_subtracts_exactly_on_every_logit_that_counts():
     assert inexact(np.asarray(exact_shift(jnp.asarray(m)))) == 0
     assert inexact(m) > 1000  # the plain shift by m rounds
     assert inexact(np.zeros_like(m)) > 1000  # no shift overflows
-    assert np.asarray(exact_shift(jnp.array([np.nan, -np.inf, np.inf], np.float32))).tolist() == [0, 0, 0]
+    assert np.asarray(exact_shift(jnp.array([np.nan, -np.inf, np.inf], np.float32))).tolist() == [
+        0,
+        0,
+        0,
+    ]
