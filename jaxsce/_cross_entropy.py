@@ -201,6 +201,15 @@ def _labels_only(where: jax.Array | None, t: Targets, cap: float | None) -> bool
     )
 
 
+def _row_scale(m: jax.Array, z: jax.Array, labels: jax.Array):
+    """Per row: the exact shift ``a``, the scale ``e^{a - m}``, the label index and logit."""
+    a = exact_shift(m)
+    c = jnp.exp(a - jnp.where(m == -jnp.inf, 0.0, m))
+    safe = jnp.clip(labels, 0, z.shape[-1] - 1)
+    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(m.dtype)
+    return a, c, safe, z_y
+
+
 def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
     r"""``u_k = e^{z_k - a} e^{a - m}`` with the label's entry set to 0, and its sum.
 
@@ -212,16 +221,11 @@ def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
     ties with the label count as they should).
 
     Returns:
-      ``(u, T, E)``: ``u`` ``(..., C)``, ``T = sum_{k != y} u_k`` and
-      ``E = e^{z_y - a} e^{a - m}``, both ``(...,)``.
+      ``(u, T, E, z_y)``: ``u`` ``(..., C)``; ``T = sum_{k != y} u_k``,
+      ``E = e^{z_y - a} e^{a - m}`` and the label's logit, each ``(...,)``.
     """
-    empty = m == -jnp.inf
-    a = exact_shift(m)
-    c = jnp.exp(a - jnp.where(empty, 0.0, m))
-    num_classes, cd = z.shape[-1], m.dtype
-    safe = jnp.clip(labels, 0, num_classes - 1)
-    u = jnp.where(_onehot(safe, z), 0.0, jnp.exp(z.astype(cd) - a[..., None]) * c[..., None])
-    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(cd)
+    a, c, safe, z_y = _row_scale(m, z, labels)
+    u = jnp.where(_onehot(safe, z), 0.0, jnp.exp(z.astype(m.dtype) - a[..., None]) * c[..., None])
     return u, jnp.sum(u, axis=-1), jnp.exp(z_y - a) * c, z_y
 
 
@@ -237,12 +241,8 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     longer than ``2 LABEL_BLOCK`` that runs on the label's block only: the
     other blocks are summed plainly.
     """
-    empty = m == -jnp.inf
-    a = exact_shift(m)
-    c = jnp.exp(a - jnp.where(empty, 0.0, m))
+    a, c, safe, z_y = _row_scale(m, z, labels)
     num_classes, cd = z.shape[-1], m.dtype
-    safe = jnp.clip(labels, 0, num_classes - 1)
-    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(cd)
     e_y = jnp.exp(z_y - a) * c
 
     def others(x, first, label):  # sum of exp(x - a) c over entries whose index is not `label`
