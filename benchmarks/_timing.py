@@ -14,17 +14,23 @@ from typing import Any
 import jax
 
 
+MIN_SAMPLE = 2e-3  # seconds: shorter calls are timed in batches of this length
+
+
 def interleaved_samples(
     fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
 ) -> dict[str, list[float]]:
-    """Wall times in seconds of each zero-argument callable, one per round.
+    """Wall times in seconds per call of each zero-argument callable, one per round.
 
     Each callable is called ``warmup`` times (compilation, caches), then the
     callables are called in turn ``repeats`` times, each round starting one
     place further along (so no callable always follows the same one); every
-    call is timed up to ``jax.block_until_ready`` of its result. Entry ``i``
-    of every list comes from the same round, so ratios of two callables can
-    be taken round by round.
+    call is timed up to ``jax.block_until_ready`` of its result. A callable
+    whose last warm-up call took under ``MIN_SAMPLE`` is called that many
+    times in a row per round (each call blocked on), and the round's sample
+    is the mean: a single call of tens of microseconds mostly measures the
+    jitter of the machine. Entry ``i`` of every list comes from the same
+    round, so ratios of two callables can be taken round by round.
 
     Args:
       fns: name -> zero-argument callable returning JAX arrays (or any pytree).
@@ -32,19 +38,25 @@ def interleaved_samples(
       warmup: number of untimed calls of each callable before timing.
 
     Returns:
-      name -> list of ``repeats`` seconds, in the order of ``fns``.
+      name -> list of ``repeats`` seconds per call, in the order of ``fns``.
     """
-    for fn in fns.values():
+    calls = {}
+    for name, fn in fns.items():
+        elapsed = MIN_SAMPLE
         for _ in range(warmup):
+            start = time.perf_counter()
             jax.block_until_ready(fn())
+            elapsed = time.perf_counter() - start
+        calls[name] = max(1, min(1000, round(MIN_SAMPLE / max(elapsed, 1e-7))))
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            jax.block_until_ready(fns[name]())
-            samples[name].append(time.perf_counter() - start)
+            for _ in range(calls[name]):
+                jax.block_until_ready(fns[name]())
+            samples[name].append((time.perf_counter() - start) / calls[name])
     return samples
 
 
