@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 
-
 MIN_SAMPLE = 2e-3  # seconds: shorter calls are timed in batches of this length
 
 

@@ -43,11 +43,11 @@ from jaxsce._logsumexp import (
     Axis,
     classes_last,
     compute_dtype,
-    exact_shift,
     exp_shifted,
     mask_logits,
     max_and_rest,
     normalize_axes,
+    scaled_exp,
 )
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -201,19 +201,16 @@ def _labels_only(where: jax.Array | None, t: Targets, cap: float | None) -> bool
     )
 
 
-def _row_scale(m: jax.Array, z: jax.Array, labels: jax.Array):
-    """Per row: the exact shift ``a``, the scale ``e^{a - m}``, the label index and logit."""
-    a = exact_shift(m)
-    c = jnp.exp(a - jnp.where(m == -jnp.inf, 0.0, m))
+def _label_logit(z: jax.Array, labels: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """The labels as valid indices (out-of-range ones clipped) and their logits in ``dtype``."""
     safe = jnp.clip(labels, 0, z.shape[-1] - 1)
-    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(m.dtype)
-    return a, c, safe, z_y
+    return safe, jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(dtype)
 
 
 def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
     r"""``u_k = e^{z_k - a} e^{a - m}`` with the label's entry set to 0, and its sum.
 
-    With ``a`` from :func:`exact_shift` the subtraction is exact, so every
+    With :func:`scaled_exp` (the exact shift ``a``) the subtraction is exact, so every
     ``u_k`` carries the rounding of one ``exp`` and one product, whatever the
     margin; the row scale ``e^{a - m}`` keeps the terms at most 1. The label's
     entry is taken out by index, so that its sum ``T`` is the other classes'
@@ -224,9 +221,9 @@ def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
       ``(u, T, E, z_y)``: ``u`` ``(..., C)``; ``T = sum_{k != y} u_k``,
       ``E = e^{z_y - a} e^{a - m}`` and the label's logit, each ``(...,)``.
     """
-    a, c, safe, z_y = _row_scale(m, z, labels)
-    u = jnp.where(_onehot(safe, z), 0.0, jnp.exp(z.astype(m.dtype) - a[..., None]) * c[..., None])
-    return u, jnp.sum(u, axis=-1), jnp.exp(z_y - a) * c, z_y
+    safe, z_y = _label_logit(z, labels, m.dtype)
+    u = jnp.where(_onehot(safe, z), 0.0, scaled_exp(z.astype(m.dtype), m))
+    return u, jnp.sum(u, axis=-1), scaled_exp(z_y[..., None], m)[..., 0], z_y
 
 
 LABEL_BLOCK = 256  # classes per block in the forward-only sum of a long row
@@ -241,20 +238,20 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     longer than ``2 LABEL_BLOCK`` that runs on the label's block only: the
     other blocks are summed plainly.
     """
-    a, c, safe, z_y = _row_scale(m, z, labels)
     num_classes, cd = z.shape[-1], m.dtype
-    e_y = jnp.exp(z_y - a) * c
+    safe, z_y = _label_logit(z, labels, cd)
+    e_y = scaled_exp(z_y[..., None], m)[..., 0]
 
-    def others(x, first, label):  # sum of exp(x - a) c over entries whose index is not `label`
+    def others(x, first, label):  # sum of e^{x - m} over entries whose index is not `label`
         index = first + jax.lax.broadcasted_iota(cd, x.shape, x.ndim - 1)
         off = jnp.minimum(jnp.abs(index - label.astype(cd)[..., None]), 1.0)
-        return jnp.sum(jnp.exp(x.astype(cd) - a[..., None]) * c[..., None] * off, axis=-1)
+        return jnp.sum(scaled_exp(x.astype(cd), m) * off, axis=-1)
 
     block = LABEL_BLOCK
     if num_classes <= 2 * block:
         return others(z, 0.0, safe), e_y, z_y
     # Every block but the label's, summed plainly; then the label's, without it.
-    sums = jnp.exp(z.astype(cd) - a[..., None]) * c[..., None]
+    sums = scaled_exp(z.astype(cd), m)
     window = (1,) * (z.ndim - 1) + (block,)
     padding = ((0, 0),) * (z.ndim - 1) + ((0, -num_classes % block),)
     sums = jax.lax.reduce_window(sums, np.zeros((), cd)[()], jax.lax.add, window, window, padding)
@@ -318,7 +315,7 @@ def _label_bwd(z_in, t, res, g):
     scale = jnp.where(zero, 0.0, jnp.where(bad, jnp.nan, scale))
     at_label = jnp.where(zero, 0.0, jnp.where(bad, jnp.nan, at_label))
     dz = jnp.where(scale[..., None] == 0, 0.0, u * scale[..., None])
-    safe = jnp.clip(t.labels, 0, z.shape[-1] - 1)
+    safe = jnp.clip(t.labels, 0, z.shape[-1] - 1)  # as in _label_logit
     dz = jnp.where(_onehot(safe, z), at_label[..., None], dz)
     dw = None if t.label_weight is None else (g_ce * nll).astype(t.label_weight.dtype)
     dt = Targets(dense=None, label_weight=dw, smooth_weight=None, class_weights=None)

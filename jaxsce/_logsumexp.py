@@ -322,9 +322,11 @@ def scaled_exp(z: jax.Array, shift: jax.Array) -> jax.Array:
 
     ``z - a`` is exact, so each entry carries the rounding of one ``exp`` and
     one product whatever ``z - shift`` is (``exp(z - shift)`` loses up to
-    ``|z - shift| eps / 2``). ``shift`` is ``(...,)``: the row's largest logit,
-    or 0 in an empty row; NaN propagates.
+    ``|z - shift| eps / 2``). ``shift`` is ``(...,)``, the row's largest
+    logit; a ``-inf`` one (an empty row) counts as 0, so that ``-inf``
+    entries give 0, not NaN; NaN propagates.
     """
+    shift = jnp.where(shift == -jnp.inf, 0.0, shift)
     a = exact_shift(shift)
     return jnp.exp(z - a[..., None]) * jnp.exp(a - shift)[..., None]
 
@@ -444,9 +446,8 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
 def _softmax(z: jax.Array) -> jax.Array:
     """``u / sum(u)`` with ``u = e^{z - m}`` from :func:`scaled_exp` (no cancellation to avoid)."""
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1))
-    empty = m == -jnp.inf
-    u = scaled_exp(z, jnp.where(empty, 0.0, m))
-    return u / jnp.where(empty, 1.0, jnp.sum(u, axis=-1))[..., None]
+    u = scaled_exp(z, m)
+    return u / jnp.where(m == -jnp.inf, 1.0, jnp.sum(u, axis=-1))[..., None]
 
 
 @_softmax.defjvp

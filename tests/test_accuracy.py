@@ -146,7 +146,7 @@ def test_value_only_sum_without_the_array(monkeypatch, cases, num_classes):
     from jaxsce import _cross_entropy
 
     monkeypatch.setattr(_cross_entropy, "FUSED_SUM_SIZE", 0)
-    for case in [(num_classes, 0.0), (num_classes, 1e4)] if num_classes == 10 else CASES[2:]:
+    for case in [c for c in CASES if c[0] == num_classes]:
         z, y, loss_ref, _ = cases[case]
         loss = jax.jit(jaxsce.softmax_cross_entropy_with_integer_labels)(z, y)
         assert ulp_error(loss, loss_ref).max() <= BOUND
