@@ -190,6 +190,10 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets, cap: float |
     return (ce, s.logsumexp, correct), (s, z)
 
 
+def _is_16bit(z: jax.Array) -> bool:
+    return jnp.finfo(z.dtype).bits < 32
+
+
 def _labels_only(where: jax.Array | None, t: Targets, cap: float | None) -> bool:
     """Whether the targets are one weighted label per example, nothing else (static)."""
     return (
@@ -204,6 +208,10 @@ def _labels_only(where: jax.Array | None, t: Targets, cap: float | None) -> bool
 def _label_logit(z: jax.Array, labels: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
     """The labels as valid indices (out-of-range ones clipped) and their logits in ``dtype``."""
     safe = jnp.clip(labels, 0, z.shape[-1] - 1)
+    if _is_16bit(z):
+        # Else XLA gathers from a float32 copy of the whole array, made to share
+        # the conversion with the kernels that upcast the logits.
+        z = jax.lax.optimization_barrier(z)
     return safe, jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(dtype)
 
 
@@ -230,13 +238,15 @@ LABEL_BLOCK = 256  # classes per block in the forward-only sum of a long row
 FUSED_SUM_SIZE = 2**23  # logits above which a value-only call sums without writing `u`
 
 
-def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
-    """``(T, E, z_y)`` of :func:`_label_terms` without writing ``u`` out (value-only calls).
+def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array, blocked: bool = True):
+    """``(T, E, z_y)`` of :func:`_label_terms` without writing ``u`` out.
 
+    For large value-only calls, and for 16-bit logits with a backward pass.
     The label is taken out arithmetically (``min(|k - y|, 1)`` is 0 on it and 1
-    elsewhere), so that XLA sums in one fused pass over the logits. In a row
-    longer than ``2 LABEL_BLOCK`` that runs on the label's block only: the
-    other blocks are summed plainly.
+    elsewhere), so that XLA sums in one fused pass over the logits. With
+    ``blocked``, a row longer than ``2 LABEL_BLOCK`` runs that on the label's
+    block only and sums the other blocks plainly (not for 16-bit logits, which
+    XLA would upcast to a float32 copy for the blocked sum).
     """
     num_classes, cd = z.shape[-1], m.dtype
     safe, z_y = _label_logit(z, labels, cd)
@@ -248,7 +258,7 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
         return jnp.sum(scaled_exp(x.astype(cd), m) * off, axis=-1)
 
     block = LABEL_BLOCK
-    if num_classes <= 2 * block:
+    if num_classes <= 2 * block or not blocked:
         return others(z, 0.0, safe), e_y, z_y
     # Every block but the label's, summed plainly; then the label's, without it.
     sums = scaled_exp(z.astype(cd), m)
@@ -264,7 +274,7 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     return rest + others(x, (k * block).astype(cd)[..., None], safe), e_y, z_y
 
 
-def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
+def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, blocked: bool = True):
     """:func:`_xent_values` for one weighted label per example, from :func:`_label_terms`.
 
     ``lse - z_y = log1p(T / E)``: a sum of positive terms, no cancellation
@@ -277,7 +287,7 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
     cd = compute_dtype(z.dtype)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
     if fused_sum:
-        total, e_y, z_y = _label_total(z, t.labels, m)
+        total, e_y, z_y = _label_total(z, t.labels, m, blocked)
     else:
         _, total, e_y, z_y = _label_terms(z, t.labels, m)
     q = total / e_y
@@ -305,7 +315,13 @@ def _label_bwd(z_in, t, res, g):
     assert t.labels is not None  # see _labels_only
     z = z_in
     w = jnp.ones((), m.dtype) if t.label_weight is None else t.label_weight.astype(m.dtype)
-    u, _, _, _ = _label_terms(z, t.labels, m)  # the forward pass's array (XLA shares it)
+    if _is_16bit(z):
+        # Recomputed from the 16-bit logits, not shared with the forward pass
+        # (the barrier keeps XLA from merging the two): no float32 array.
+        z_b, m_b = jax.lax.optimization_barrier((z, m))
+        u = scaled_exp(z_b.astype(m.dtype), m_b)
+    else:
+        u, _, _, _ = _label_terms(z, t.labels, m)  # the forward pass's array (XLA shares it)
     inv = 1.0 / (total + e_y)
     scale = (g_ce * w + g_lse) * inv
     at_label = (g_lse * e_y - g_ce * w * total) * inv
@@ -335,15 +351,19 @@ def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None =
     if _labels_only(where, t, cap):
         # Value only: past FUSED_SUM_SIZE logits, writing `u` out costs more
         # (fresh pages every call) than the fused sum's extra operations.
-        return _label_values(z, t, fused_sum=z.size > FUSED_SUM_SIZE)[0]
+        fused = z.size > FUSED_SUM_SIZE
+        return _label_values(z, t, fused_sum=fused, blocked=not _is_16bit(z))[0]
     return _xent_values(z, where, t, cap)[0]
 
 
 def _xent_fwd(z, where, t, cap):
     if _labels_only(where, t, cap):
-        # The backward pass reuses the forward pass's array `u`: XLA shares it
-        # (and in float32 writes the gradient over it).
-        out, res = _label_values(z, t)
+        # float32: the backward pass reuses the forward pass's array `u` (XLA
+        # shares it and writes the gradient over it). 16-bit: `u` would be a
+        # float32 array twice the logits' size that no gradient can overwrite;
+        # the forward pass sums without it and the backward pass recomputes it.
+        narrow = _is_16bit(z)
+        out, res = _label_values(z, t, fused_sum=narrow, blocked=not narrow)
         return out, (z, where, t, *res)
     out, (s, _) = _xent_values(z, where, t, cap)
     # Residuals: the inputs themselves and three numbers per example.

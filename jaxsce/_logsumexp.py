@@ -206,7 +206,23 @@ def _rest_of_jvp(primals, tangents):
     z, shift, empty = primals
     dz, dshift, _ = tangents
     rest = _rest_of(z, shift, empty)
-    return rest, jnp.sum(scaled_exp(z, shift) * dz, axis=-1) - (1 + rest) * dshift
+    return rest, _exp_dot(z, shift, dz) - (1 + rest) * dshift
+
+
+@jax.checkpoint
+def _exp_dot(z: jax.Array, shift: jax.Array, dz: jax.Array) -> jax.Array:
+    """``sum_k e^{z_k - shift} dz_k``, the tangent of ``1 + rest``, recomputed where it is used.
+
+    Reverse mode transposes this into ``dz_k = e^{z_k - shift} g`` for the
+    row's cotangent ``g``. Without ``jax.checkpoint`` JAX would compute the
+    exponentials in the forward pass and keep them for the backward pass, an
+    array of the logits' size. With it, the backward pass keeps ``z`` and
+    ``shift`` and computes the exponentials in the kernel that writes ``dz``.
+    The barrier keeps XLA from merging that exponential with the forward
+    pass's (the same expression), which would write it out to share it.
+    """
+    shift = jax.lax.optimization_barrier(shift)
+    return jnp.sum(scaled_exp(z, shift) * dz, axis=-1)
 
 
 def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
@@ -278,7 +294,7 @@ def _blocked_rest_jvp(block, primals, tangents):
     z, shift, block_max, empty = primals
     dz, dshift, _, _ = tangents
     rest = _blocked_rest(z, shift, block_max, empty, block)
-    return rest, jnp.sum(scaled_exp(z, shift) * dz, axis=-1) - (1 + rest) * dshift
+    return rest, _exp_dot(z, shift, dz) - (1 + rest) * dshift
 
 
 def exact_shift(m: jax.Array) -> jax.Array:
