@@ -41,7 +41,13 @@ from jax import lax
 from jaxsce._cross_entropy import _all_valid as all_valid
 from jaxsce._cross_entropy import _check_options as check_loss_options
 from jaxsce._cross_entropy import _numeric_option as numeric_option
-from jaxsce._logsumexp import compute_dtype, exp_shifted, mask_logits, max_and_rest
+from jaxsce._logsumexp import (
+    compute_dtype,
+    exp_shifted,
+    mask_logits,
+    max_and_rest,
+    scaled_exp,
+)
 
 # Default number of vocabulary columns per chunk of the "recompute" method. The
 # temporaries of one step are a few (N, chunk_size) float32 arrays: at N = 2048,
@@ -229,10 +235,14 @@ def _chunk_stats(
     """
     s = max_and_rest(mask_logits(z, None if valid is None else valid[None, :]))
     m_c, rest_c = jnp.where(s.empty, -jnp.inf, s.shift), s.rest
-    is_label = cols[None, :] == labels[:, None]
+    # The label's logit by a gather (a masked sum over the row would be a pass
+    # over the whole chunk); ``cols`` is ``cols[0] + iota``.
+    pos = labels - cols[0]
+    inside = (pos >= 0) & (pos < z.shape[-1])
+    pos = jnp.clip(pos, 0, z.shape[-1] - 1)
     if valid is not None:
-        is_label = is_label & valid[None, :]
-    zy_c = jnp.sum(jnp.where(is_label, z, 0.0), axis=-1)
+        inside = inside & valid[pos]
+    zy_c = jnp.where(inside, jnp.take_along_axis(z, pos[:, None], axis=-1)[:, 0], 0.0)
     if with_gap:
         below = _finite_max(m_c)[:, None] - z
         if valid is not None:
@@ -285,7 +295,9 @@ def _chunk_dlogits(
     inv = 1.0 / (1.0 + rest)
     is_label = cols[None, :] == labels[:, None]
     label_top = is_label & y_is_max[:, None]
-    p = jnp.where(label_top, inv[:, None], exp_shifted(z, m[:, None]) * inv[:, None])
+    # e^{z - m}, exactly 1 on the largest logits (scaled_exp's two factors round).
+    e = jnp.where(z == m[:, None], 1.0, scaled_exp(z, m))
+    p = jnp.where(label_top, inv[:, None], e * inv[:, None])
     p_minus_y = jnp.where(
         is_label, jnp.where(y_is_max[:, None], (-rest * inv)[:, None], p - 1.0), p
     )
@@ -786,7 +798,7 @@ def _precompute(hidden, weight, bias, labels, st: _Static):
     with_gap = _on(st.label_smoothing)
     cap_array = "logit_softcap" in st.arrays
 
-    def body(j, carry):
+    def block(j, carry, first: bool):
         (total, d_opts), dh, dw, db, dcap = carry
         start = jnp.minimum(j * b, n - b)
         rows = lambda x: lax.dynamic_slice_in_dim(x, start, b, axis=0)  # noqa: E731
@@ -821,9 +833,12 @@ def _precompute(hidden, weight, bias, labels, st: _Static):
         d_lo = d.astype(hidden.dtype)
         dh_b = lax.dot_general(d_lo, w, (((1,), (1,)), ((), ())), preferred_element_type=acc)
         dh = _write_chunk(dh, dh_b, start, mine, axis=0)
-        dw = dw + lax.dot_general(hb, d_lo, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+        dw_b = lax.dot_general(hb, d_lo, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+        # The first block writes the weight's gradient instead of adding to
+        # zeros: one pass less over a weight-sized buffer.
+        dw = dw_b if first else dw + dw_b
         if db is not None:
-            db = db + jnp.sum(d, axis=0)
+            db = jnp.sum(d, axis=0) if first else db + jnp.sum(d, axis=0)
         return (total + jnp.sum(loss), d_opts), dh, dw, db, dcap
 
     loop = (
@@ -838,10 +853,15 @@ def _precompute(hidden, weight, bias, labels, st: _Static):
         jnp.zeros((), acc),
         {k: jnp.zeros((), acc) for k in st.arrays if k != "logit_softcap"},
     )
-    init = (_varying(per_row, lay.row_vma),) + _varying(loop, lay.loop_vma)
+
+    def typed(carry):  # the loop carries' types, as shard_map wants them
+        return (_varying(carry[0], lay.row_vma),) + _varying(carry[1:], lay.loop_vma)
+
+    init = typed((per_row,) + loop)
     if n == 0:
         return init
-    return lax.fori_loop(0, n_blocks, body, init)
+    body = lambda j, carry: block(j, carry, first=False)  # noqa: E731
+    return lax.fori_loop(1, n_blocks, body, typed(block(0, init, first=True)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
