@@ -188,11 +188,15 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array) -> jax.Array:
     (each term -1 below the top, 0 on it), with a copy ``s`` of the shift
     that differs from it in empty rows (where nothing counts) and other
     constants: XLA writes out as an ``(..., C)`` array whatever two
-    reductions share, instead of fusing it into each.
+    reductions share, instead of fusing it into each. For the same reason
+    16-bit logits are upcast twice, the second time from a barrier's copy
+    of ``z`` (a no-op that XLA does not merge with ``z``).
     """
+    cd = shift.dtype
+    z, z_ties = z.astype(cd), jax.lax.optimization_barrier(z).astype(cd)
     keep = jnp.ceil(jnp.minimum(shift[..., None] - z, 1.0))
     others = jnp.sum(scaled_exp(z, shift) * keep, axis=-1)
-    below = jnp.floor(jnp.maximum(z - jnp.where(empty, 1.0, shift)[..., None], -0.5))
+    below = jnp.floor(jnp.maximum(z_ties - jnp.where(empty, 1.0, shift)[..., None], -0.5))
     ties = (z.shape[-1] - 1) + jnp.sum(below, axis=-1)
     return others + jnp.maximum(ties, 0.0)
 
@@ -221,8 +225,9 @@ def _exp_dot(z: jax.Array, shift: jax.Array, dz: jax.Array) -> jax.Array:
     The barrier keeps XLA from merging that exponential with the forward
     pass's (the same expression), which would write it out to share it.
     """
-    shift = jax.lax.optimization_barrier(shift)
-    return jnp.sum(scaled_exp(z, shift) * dz, axis=-1)
+    z, shift = jax.lax.optimization_barrier((z, shift))
+    cd = shift.dtype
+    return jnp.sum(scaled_exp(z.astype(cd), shift) * dz.astype(cd), axis=-1)
 
 
 def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
@@ -246,18 +251,20 @@ def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     which costs a few more operations per entry, runs on that one block only.
 
     Args:
-      z: ``(..., C)`` logits with masked entries already set to ``-inf``, in the
-        dtype to compute in.
+      z: ``(..., C)`` logits with masked entries already set to ``-inf``. 16-bit
+        logits stay 16-bit: the max is exact in their dtype, and each kernel
+        upcasts what it reads (no float32 copy of the whole array).
       block: classes per block (static).
 
     Returns:
       A :class:`MaxAndRest` with arrays of shape ``(...,)``.
     """
-    num_classes = z.shape[-1]
+    num_classes, cd = z.shape[-1], compute_dtype(z.dtype)
     if num_classes <= block:
-        m = jax.lax.stop_gradient(jnp.max(z, axis=-1))
+        m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
     else:
         block_max = _block_reduce(jax.lax.stop_gradient(z), jax.lax.max, -jnp.inf, block)
+        block_max = block_max.astype(cd)
         m = jnp.max(block_max, axis=-1)
     empty = m == -jnp.inf
     # -inf rows shift by 0 (every exponential is then 0); +inf rows by NaN, so
@@ -274,7 +281,7 @@ def _blocked_rest(z, shift, block_max, empty, block):
     """:func:`_rest_of` over a row cut into blocks: only the top block excludes."""
     num_classes = z.shape[-1]
     k = jnp.argmax(block_max, axis=-1)  # the block holding the largest class
-    block_sum = _block_reduce(scaled_exp(z, shift), jax.lax.add, 0.0, block)
+    block_sum = _block_reduce(scaled_exp(z.astype(shift.dtype), shift), jax.lax.add, 0.0, block)
     block_ids = jax.lax.broadcasted_iota(k.dtype, block_sum.shape, block_sum.ndim - 1)
     others = jnp.sum(jnp.where(block_ids == k[..., None], 0.0, block_sum), axis=-1)
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
@@ -364,8 +371,7 @@ def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
                 f" shape {x.shape}."
             ) from None
         where = classes_last(where, axes)
-    z = classes_last(x, axes).astype(compute_dtype(x.dtype))
-    return x, axes, mask_logits(z, where)
+    return x, axes, mask_logits(classes_last(x, axes), where)  # in x's dtype
 
 
 @static_axis
@@ -426,7 +432,11 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
     if z.shape[-1] == 0:
         return jnp.zeros(arr.shape, arr.dtype)  # nothing to normalise
     s = max_and_rest(z)
-    out = (z - s.shift[..., None]) - jnp.log1p(s.rest)[..., None]
+    # Separate copies (the barrier's no-op outputs) of z and the shift for the
+    # output's kernel: XLA would otherwise write out, to share them with the
+    # sum, a float32 copy of 16-bit logits or the shift broadcast to (..., C).
+    z, shift = jax.lax.optimization_barrier((z, s.shift))
+    out = (z.astype(shift.dtype) - shift[..., None]) - jnp.log1p(s.rest)[..., None]
     return classes_restore(out.astype(arr.dtype), axes, arr.shape)
 
 
@@ -460,10 +470,18 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
 
 @jax.custom_jvp
 def _softmax(z: jax.Array) -> jax.Array:
-    """``u / sum(u)`` with ``u = e^{z - m}`` from :func:`scaled_exp` (no cancellation to avoid)."""
-    m = jax.lax.stop_gradient(jnp.max(z, axis=-1))
-    u = scaled_exp(z, m)
-    return u / jnp.where(m == -jnp.inf, 1.0, jnp.sum(u, axis=-1))[..., None]
+    """``u / sum(u)`` with ``u = e^{z - m}`` from :func:`scaled_exp` (no cancellation to avoid).
+
+    ``z`` may be 16-bit: the max is exact in its dtype, and the result is in
+    the compute dtype.
+    """
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(compute_dtype(z.dtype))
+    total = jnp.sum(scaled_exp(z.astype(m.dtype), m), axis=-1)
+    # The exponentials again, in the kernel that writes p: the barrier keeps XLA
+    # from sharing them with the sum, which would write them out as an array.
+    z_b, m_b = jax.lax.optimization_barrier((z, m))
+    u = scaled_exp(z_b.astype(m.dtype), m_b)  # 16-bit logits are upcast in each kernel
+    return u / jnp.where(m == -jnp.inf, 1.0, total)[..., None]
 
 
 @_softmax.defjvp
@@ -471,5 +489,5 @@ def _softmax_jvp(primals, tangents):
     """``dp = p (dz - sum(p dz))``, the Jacobian ``diag(p) - p p^T`` applied to ``dz``."""
     (z,), (dz,) = primals, tangents
     p = _softmax(z)
-    pdz = p * dz
+    pdz = p * dz.astype(p.dtype)
     return p, pdz - p * jnp.sum(pdz, axis=-1, keepdims=True)

@@ -297,3 +297,27 @@ def test_exact_shift_subtracts_exactly_on_every_logit_that_counts():
     assert inexact(np.zeros_like(m)) > 1000  # no shift overflows
     non_finite = jnp.array([np.nan, -np.inf, np.inf], np.float32)
     assert np.asarray(exact_shift(non_finite)).tolist() == [0, 0, 0]
+
+
+def _temp_bytes(f, *args):
+    return jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_bfloat16_inputs_get_no_float32_copy():
+    """16-bit logits are upcast inside each kernel that reads them, not as one float32 array."""
+    n, c = 512, 1000  # one block per row (the blocked path of longer rows still copies)
+    x = _x((n, c), jnp.bfloat16)
+    w = _x((n,), jnp.float32, seed=1)
+    copy = 4 * n * c  # bytes of a float32 copy of the logits
+
+    def step(f, w):  # forward + backward of a weighted sum
+        return jax.value_and_grad(lambda x: jnp.sum(f(x).astype(jnp.float32) * w))
+
+    assert _temp_bytes(step(jaxsce.logsumexp, w), x) < copy / 4
+    assert _temp_bytes(step(jaxsce.log_softmax, x.astype(jnp.float32)), x) < copy / 4
+    assert _temp_bytes(jaxsce.log_softmax, x) < copy / 4
+    # softmax's backward pass keeps p (float32), as jax.nn keeps its output.
+    assert _temp_bytes(jaxsce.softmax, x) < copy / 4
+    # The measure sees a copy: the same functions on an upcast, rescaled array.
+    upcast = lambda x: jaxsce.logsumexp(x.astype(jnp.float32) * 1.5)  # noqa: E731
+    assert _temp_bytes(step(upcast, w), x) >= copy
