@@ -212,7 +212,8 @@ def _label_logit(z: jax.Array, labels: jax.Array, dtype) -> tuple[jax.Array, jax
         # Else XLA gathers from a float32 copy of the whole array, made to share
         # the conversion with the kernels that upcast the logits.
         z = jax.lax.optimization_barrier(z)
-    return safe, jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0].astype(dtype)
+    z_y = jnp.take_along_axis(z, safe[..., None], axis=-1, mode="promise_in_bounds")[..., 0]
+    return safe, z_y.astype(dtype)
 
 
 def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
@@ -269,7 +270,8 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array, blocked: bool = 
     ids = jax.lax.broadcasted_iota(k.dtype, sums.shape, sums.ndim - 1)
     rest = jnp.sum(jnp.where(ids == k[..., None], 0.0, sums), axis=-1)
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
-    x = jnp.take_along_axis(z, jnp.minimum(index, num_classes - 1), axis=-1)
+    inside = jnp.minimum(index, num_classes - 1)
+    x = jnp.take_along_axis(z, inside, axis=-1, mode="promise_in_bounds")
     x = jnp.where(index < num_classes, x, -jnp.inf)
     return rest + others(x, (k * block).astype(cd)[..., None], safe), e_y, z_y
 

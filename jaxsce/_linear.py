@@ -242,7 +242,8 @@ def _chunk_stats(
     pos = jnp.clip(pos, 0, z.shape[-1] - 1)
     if valid is not None:
         inside = inside & valid[pos]
-    zy_c = jnp.where(inside, jnp.take_along_axis(z, pos[:, None], axis=-1)[:, 0], 0.0)
+    zy_c = jnp.take_along_axis(z, pos[:, None], axis=-1, mode="promise_in_bounds")[:, 0]
+    zy_c = jnp.where(inside, zy_c, 0.0)
     if with_gap:
         below = _finite_max(m_c)[:, None] - z
         if valid is not None:

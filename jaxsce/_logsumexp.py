@@ -286,7 +286,8 @@ def _blocked_rest(z, shift, block_max, empty, block):
     others = jnp.sum(jnp.where(block_ids == k[..., None], 0.0, block_sum), axis=-1)
     index = k[..., None] * block + jax.lax.broadcasted_iota(k.dtype, k.shape + (block,), k.ndim)
     in_row = index < num_classes
-    top_block = jnp.take_along_axis(z, jnp.minimum(index, num_classes - 1), axis=-1)
+    inside = jnp.minimum(index, num_classes - 1)
+    top_block = jnp.take_along_axis(z, inside, axis=-1, mode="promise_in_bounds")
     return others + _rest_of(jnp.where(in_row, top_block, -jnp.inf), shift, empty)
 
 
