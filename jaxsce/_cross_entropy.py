@@ -191,7 +191,8 @@ def _xent_values(z: jax.Array, where: jax.Array | None, t: Targets, cap: float |
 
 
 def _is_16bit(z: jax.Array) -> bool:
-    return jnp.finfo(z.dtype).bits < 32
+    """Whether ``z`` is stored narrower than jaxsce computes (16-bit floats)."""
+    return compute_dtype(z.dtype) != z.dtype
 
 
 def _labels_only(where: jax.Array | None, t: Targets, cap: float | None) -> bool:
@@ -239,15 +240,15 @@ LABEL_BLOCK = 256  # classes per block in the forward-only sum of a long row
 FUSED_SUM_SIZE = 2**23  # logits above which a value-only call sums without writing `u`
 
 
-def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array, blocked: bool = True):
+def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     """``(T, E, z_y)`` of :func:`_label_terms` without writing ``u`` out.
 
     For large value-only calls, and for 16-bit logits with a backward pass.
     The label is taken out arithmetically (``min(|k - y|, 1)`` is 0 on it and 1
-    elsewhere), so that XLA sums in one fused pass over the logits. With
-    ``blocked``, a row longer than ``2 LABEL_BLOCK`` runs that on the label's
-    block only and sums the other blocks plainly (not for 16-bit logits, which
-    XLA would upcast to a float32 copy for the blocked sum).
+    elsewhere), so that XLA sums in one fused pass over the logits. In a row
+    longer than ``2 LABEL_BLOCK`` that runs on the label's block only and the
+    other blocks are summed plainly; not for 16-bit logits, which XLA would
+    upcast to a float32 copy for the blocked sum.
     """
     num_classes, cd = z.shape[-1], m.dtype
     safe, z_y = _label_logit(z, labels, cd)
@@ -259,7 +260,7 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array, blocked: bool = 
         return jnp.sum(scaled_exp(x.astype(cd), m) * off, axis=-1)
 
     block = LABEL_BLOCK
-    if num_classes <= 2 * block or not blocked:
+    if num_classes <= 2 * block or _is_16bit(z):
         return others(z, 0.0, safe), e_y, z_y
     # Every block but the label's, summed plainly; then the label's, without it.
     sums = scaled_exp(z.astype(cd), m)
@@ -276,7 +277,7 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array, blocked: bool = 
     return rest + others(x, (k * block).astype(cd)[..., None], safe), e_y, z_y
 
 
-def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, blocked: bool = True):
+def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
     """:func:`_xent_values` for one weighted label per example, from :func:`_label_terms`.
 
     ``lse - z_y = log1p(T / E)``: a sum of positive terms, no cancellation
@@ -289,7 +290,7 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, blocked: bo
     cd = compute_dtype(z.dtype)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
     if fused_sum:
-        total, e_y, z_y = _label_total(z, t.labels, m, blocked)
+        total, e_y, z_y = _label_total(z, t.labels, m)
     else:
         _, total, e_y, z_y = _label_terms(z, t.labels, m)
     q = total / e_y
@@ -356,8 +357,7 @@ def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None =
     if _labels_only(where, t, cap):
         # Value only: past FUSED_SUM_SIZE logits, writing `u` out costs more
         # (fresh pages every call) than the fused sum's extra operations.
-        fused = z.size > FUSED_SUM_SIZE
-        return _label_values(z, t, fused_sum=fused, blocked=not _is_16bit(z))[0]
+        return _label_values(z, t, fused_sum=z.size > FUSED_SUM_SIZE)[0]
     return _xent_values(z, where, t, cap)[0]
 
 
@@ -367,8 +367,7 @@ def _xent_fwd(z, where, t, cap):
         # shares it and writes the gradient over it). 16-bit: `u` would be a
         # float32 array twice the logits' size that no gradient can overwrite;
         # the forward pass sums without it and the backward pass recomputes it.
-        narrow = _is_16bit(z)
-        out, res = _label_values(z, t, fused_sum=narrow, blocked=not narrow)
+        out, res = _label_values(z, t, fused_sum=_is_16bit(z))
         return out, (z, where, t, *res)
     out, (s, _) = _xent_values(z, where, t, cap)
     # Residuals: the inputs themselves and three numbers per example.
