@@ -195,6 +195,8 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array) -> jax.Array:
     cd = shift.dtype
     z, z_ties = z.astype(cd), jax.lax.optimization_barrier(z).astype(cd)
     keep = jnp.ceil(jnp.minimum(shift[..., None] - z, 1.0))
+    # Each term scaled, not the sum: the products' roundings average out over
+    # the sum, where one product of the sum would add its half ulp to ``rest``.
     others = jnp.sum(scaled_exp(z, shift) * keep, axis=-1)
     below = jnp.floor(jnp.maximum(z_ties - jnp.where(empty, 1.0, shift)[..., None], -0.5))
     ties = (z.shape[-1] - 1) + jnp.sum(below, axis=-1)
@@ -315,17 +317,19 @@ def exact_shift(m: jax.Array) -> jax.Array:
     In a row whose largest logit is ``m``, the logits that count lie in
     ``[m - 70, m]`` (the documented accuracy range; further down the terms
     are below ``e^-70`` of the largest one). This ``a`` subtracts exactly
-    from each of them, and keeps ``z - a <= 87`` and ``a - m >= -87``, so
-    that ``exp(z - a)`` and the row's scale ``exp(a - m)`` are normal floats:
+    from each of them, and keeps ``-87 < z - a <= m - a <= 80``, so that
+    ``exp(z - a)`` and the row's scale ``exp(a - m)`` are normal floats and
+    a sum of up to 1024 terms ``exp(z - a)`` cannot overflow (``1024 e^80 <
+    e^87``; :func:`scaled_exp_total` scales the sum, not each term):
 
     ===================== ========= ==========================================
     largest logit ``m``   ``a``     why ``z - a`` is exact
     ===================== ========= ==========================================
     ``[-17, 80]``         ``0``     nothing is subtracted
-    ``(80, 103]``         ``16``    ``z >= 8``: the difference fits ``z``'s grid
-    ``(103, 119]``        ``32``    ``z >= 16``, likewise
-    ``(119, 151]``        ``64``    ``z >= 32``, likewise
-    ``> 151``, ``< -70``  ``m``     Sterbenz: ``z`` within a factor 2 of ``m``
+    ``(80, 96]``          ``16``    ``z >= 8``: the difference fits ``z``'s grid
+    ``(96, 112]``         ``32``    ``z >= 16``, likewise
+    ``(112, 144]``        ``64``    ``z >= 32``, likewise
+    ``> 144``, ``< -70``  ``m``     Sterbenz: ``z`` within a factor 2 of ``m``
     ``[-70, -70/3]``      ``2m``    Sterbenz: ``z`` in ``[4m, m]``
     ``(-70/3, -17)``      ``-16``   ``z <= -8``: the difference fits ``z``'s grid
     ===================== ========= ==========================================
@@ -334,7 +338,7 @@ def exact_shift(m: jax.Array) -> jax.Array:
     when ``|z| >= P / 2``, and when ``P / 3 < 2^j <= |z|``: the result is a
     multiple of ``ulp(z)`` below ``2^(j+1)``.) A non-finite ``m`` gives 0.
     """
-    a = jnp.where(m <= 103.0, 16.0, jnp.where(m <= 119.0, 32.0, jnp.where(m <= 151.0, 64.0, m)))
+    a = jnp.where(m <= 96.0, 16.0, jnp.where(m <= 112.0, 32.0, jnp.where(m <= 144.0, 64.0, m)))
     a = jnp.where(m <= 80.0, 0.0, a)
     low = jnp.where(m < -70.0, m, jnp.where(m <= -70.0 / 3.0, 2.0 * m, -16.0))
     a = jnp.where(m < -17.0, low, a)
@@ -353,6 +357,22 @@ def scaled_exp(z: jax.Array, shift: jax.Array) -> jax.Array:
     shift = jnp.where(shift == -jnp.inf, 0.0, shift)
     a = exact_shift(shift)
     return jnp.exp(z - a[..., None]) * jnp.exp(a - shift)[..., None]
+
+
+def scaled_exp_total(z: jax.Array, shift: jax.Array) -> jax.Array:
+    """``sum_k e^{z_k - shift}`` over the last axis, with the exact shift.
+
+    A row of at most :data:`BLOCK` classes sums ``e^{z - a}`` and scales the
+    sum by ``e^{a - shift}`` once: one product per entry fewer than summing
+    :func:`scaled_exp`, which XLA's CPU reductions feel at small class
+    counts. :func:`exact_shift`'s ``e^{z - a} <= e^80`` keeps a sum of 1024
+    terms finite. Longer rows scale each term. A ``-inf`` shift counts as 0.
+    """
+    if z.shape[-1] > BLOCK:
+        return jnp.sum(scaled_exp(z, shift), axis=-1)
+    shift = jnp.where(shift == -jnp.inf, 0.0, shift)
+    a = exact_shift(shift)
+    return jnp.sum(jnp.exp(z - a[..., None]), axis=-1) * jnp.exp(a - shift)
 
 
 def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
@@ -471,18 +491,24 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
 
 @jax.custom_jvp
 def _softmax(z: jax.Array) -> jax.Array:
-    """``u / sum(u)`` with ``u = e^{z - m}`` from :func:`scaled_exp` (no cancellation to avoid).
+    """``p = e^{z - m} / sum_k e^{z_k - m}`` as ``e^{z - a} (e^{a - m} / total)``.
 
-    ``z`` may be 16-bit: the max is exact in its dtype, and the result is in
-    the compute dtype.
+    ``a`` is the exact shift (:func:`exact_shift`) and ``total`` comes from
+    :func:`scaled_exp_total`. The row's factor ``e^{a - m} / total`` is one
+    division per row instead of one per entry, with as many roundings per
+    entry as ``u / total`` (``exp``, the factor's two, the product). No
+    cancellation to avoid. ``z`` may be 16-bit: the max is exact in its
+    dtype, and the result is in the compute dtype.
     """
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(compute_dtype(z.dtype))
-    total = jnp.sum(scaled_exp(z.astype(m.dtype), m), axis=-1)
+    total = scaled_exp_total(z.astype(m.dtype), m)
     # The exponentials again, in the kernel that writes p: the barrier keeps XLA
     # from sharing them with the sum, which would write them out as an array.
     z_b, m_b = jax.lax.optimization_barrier((z, m))
-    u = scaled_exp(z_b.astype(m.dtype), m_b)  # 16-bit logits are upcast in each kernel
-    return u / jnp.where(m == -jnp.inf, 1.0, total)[..., None]
+    shift = jnp.where(m_b == -jnp.inf, 0.0, m_b)
+    a = exact_shift(shift)
+    factor = jnp.exp(a - shift) / jnp.where(m == -jnp.inf, 1.0, total)
+    return jnp.exp(z_b.astype(m.dtype) - a[..., None]) * factor[..., None]  # 16-bit upcast here
 
 
 @_softmax.defjvp
