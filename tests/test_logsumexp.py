@@ -290,6 +290,21 @@ def test_softmax_within_a_few_ulp_of_mpmath(scale):
         assert ulp_error(jax.nn.softmax(z), np.array(ref)).max() > 6
 
 
+@pytest.mark.parametrize("m", [80.0, 96.0, 103.0, 112.0, 119.0, 144.0, 151.0])
+def test_softmax_sums_1024_largest_terms_without_overflow(m):
+    """A row of 1024 equal logits at the top of a band of the shift table.
+
+    The sum of ``e^{z - a}`` is scaled once per row, so ``1024 e^{m - a}``
+    must be finite: with ``m - a`` up to 87 (a table with 16 up to 103) it
+    would overflow, and every ``p`` would come out 0.
+    """
+    z = jnp.full((2, 1024), m, jnp.float32).at[1, 0].add(1.0)
+    p = np.asarray(jaxsce.softmax(z), np.float64)
+    np.testing.assert_allclose(p[0], 1 / 1024, rtol=1e-6)
+    top = np.e / (np.e + 1023)
+    np.testing.assert_allclose(p[1], [top] + [top / np.e] * 1023, rtol=1e-6)
+
+
 def test_masked_entries_at_the_most_negative_float():
     z = jnp.array([-_F32_MAX, 5.0, -jnp.inf])
     where = jnp.array([True, False, True])
