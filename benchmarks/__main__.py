@@ -154,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     margins = np.linspace(0, 40, 11 if args.quick else 81)
     accuracy = [] if args.no_accuracy else _accuracy.measure(margins, with_torch=with_torch)
+    softmax_accuracy = [] if args.no_accuracy else _accuracy.measure_softmax(margins)
     large_vocab = None if args.no_large_vocab else large_vocab_section(args.large_vocab)
 
     headline = _report.headline(speed)
@@ -202,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "normal logits with the label logit a margin of 0..40 above the largest other "
             "(confident predictions). Per-example loss and the gradient of its sum.\n\n"
             + _report.accuracy_table(accuracy, list(margins))
+            + "\n\n`softmax` of the same rows, every entry:\n\n"
+            + _report.softmax_accuracy_table(softmax_accuracy)
         )
     if large_vocab:
         parts.append("## Fused linear cross-entropy (large vocabulary)\n\n" + large_vocab)
@@ -217,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "speed": [dataclasses.asdict(r) for r in speed],
         "nn": [dataclasses.asdict(r) for r in nn],
         "accuracy": [dataclasses.asdict(r) for r in accuracy],
+        "softmax_accuracy": [dataclasses.asdict(r) for r in softmax_accuracy],
         "skipped": skipped,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))

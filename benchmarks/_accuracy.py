@@ -7,6 +7,9 @@ are computed with mpmath at 50 significant digits from the exact float32
 inputs; the label entry of the gradient is ``-sum_{j != y} softmax(x)_j``, the
 number a confident prediction's gradient is made of.
 
+The same rows measure ``softmax`` (jaxsce against ``jax.nn``): every entry
+``p_k = exp(x_k) / sum_j exp(x_j)`` against mpmath.
+
 The error of a float32 result ``c`` against a reference ``r`` is
 ``|c - r| / ulp(r)``, with ``ulp(r)`` the spacing of float32 at ``r``.
 """
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import mpmath
 import numpy as np
 
+import jaxsce
 from benchmarks import _libs
 
 CLASSES = 1000
@@ -128,4 +132,39 @@ def measure(
                 loss_by_margin={float(m): float(e) for m, e in zip(margins, loss_err)},
             )
         )
+    return rows
+
+
+@dataclasses.dataclass
+class SoftmaxAccuracyRow:
+    """Ulp errors of one ``softmax`` over every entry of the confident rows."""
+
+    library: str
+    largest: float
+    mean: float
+
+
+def softmax_reference(logits: np.ndarray) -> list[mpmath.mpf]:
+    """``softmax`` of one row at ``DIGITS`` digits."""
+    with mpmath.workdps(DIGITS):
+        x = [mpmath.mpf(float(v)) for v in logits]
+        top = max(x)
+        e = [mpmath.exp(xj - top) for xj in x]
+        total = mpmath.fsum(e)
+        return [ej / total for ej in e]
+
+
+def measure_softmax(
+    margins: np.ndarray,
+    candidates: dict[str, Callable[[jax.Array], jax.Array]] | None = None,
+) -> list[SoftmaxAccuracyRow]:
+    """One row per ``softmax`` (default: jaxsce's and ``jax.nn``'s) on :func:`confident_logits`."""
+    candidates = candidates or {"jaxsce": jaxsce.softmax, "jax.nn": jax.nn.softmax}
+    logits, _ = confident_logits(margins)
+    refs = [softmax_reference(row) for row in logits]
+    rows = []
+    for name, fn in candidates.items():
+        p = np.asarray(jax.jit(fn)(jnp.asarray(logits)), np.float32)
+        err = np.concatenate([ulp_error(p[i], refs[i]) for i in range(len(margins))])
+        rows.append(SoftmaxAccuracyRow(name, float(err.max()), float(err.mean())))
     return rows

@@ -12,7 +12,7 @@ import jax
 import optax
 
 from benchmarks import _libs
-from benchmarks._accuracy import AccuracyRow
+from benchmarks._accuracy import AccuracyRow, SoftmaxAccuracyRow
 from benchmarks._nn import NNRow
 from benchmarks._speed import SpeedRow
 
@@ -294,6 +294,12 @@ def accuracy_table(rows: Sequence[AccuracyRow], margins: Sequence[float]) -> str
         for r in rows
     ]
     return table(header, body)
+
+
+def softmax_accuracy_table(rows: Sequence[SoftmaxAccuracyRow]) -> str:
+    """Largest and mean ulp error of each ``softmax`` over every entry."""
+    body = [[r.library, f"{r.largest:.3g}", f"{r.mean:.3g}"] for r in rows]
+    return table(["softmax", "largest error (ulp)", "mean error (ulp)"], body)
 
 
 def plot(rows: Sequence[SpeedRow], path: Path) -> None:

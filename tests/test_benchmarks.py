@@ -65,6 +65,18 @@ def test_ulp_error_against_mpmath_detects_a_wrong_loss():
     assert rows[1].loss > 1e3
 
 
+def test_softmax_accuracy_detects_the_plain_shift():
+    margins = np.array([0.0, 20.0, 40.0])
+
+    def plain(x):  # exp(z - m) / sum: rounds z - m first
+        e = jnp.exp(x - jnp.max(x, -1, keepdims=True))
+        return e / jnp.sum(e, -1, keepdims=True)
+
+    rows = _accuracy.measure_softmax(margins, candidates={"jaxsce": jaxsce.softmax, "plain": plain})
+    assert rows[0].largest < 8 and rows[0].mean < 1
+    assert rows[1].largest > 16
+
+
 def test_large_vocab_benchmark_reports_ratios_and_floor(tmp_path, capsys):
     from benchmarks import large_vocab
 
