@@ -354,9 +354,20 @@ def scaled_exp(z: jax.Array, shift: jax.Array) -> jax.Array:
     logit; a ``-inf`` one (an empty row) counts as 0, so that ``-inf``
     entries give 0, not NaN; NaN propagates.
     """
+    a, scale = row_shift(shift)
+    return jnp.exp(z - a[..., None]) * scale[..., None]
+
+
+def row_shift(shift: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(a, e^{a - shift})``: a row's exact shift and its scale.
+
+    ``e^{z - shift} = e^{z - a} e^{a - shift}`` with ``z - a`` exact. A
+    ``-inf`` shift (an empty row) counts as 0, so that ``-inf`` entries give 0,
+    not NaN; NaN propagates.
+    """
     shift = jnp.where(shift == -jnp.inf, 0.0, shift)
     a = exact_shift(shift)
-    return jnp.exp(z - a[..., None]) * jnp.exp(a - shift)[..., None]
+    return a, jnp.exp(a - shift)
 
 
 def scaled_exp_total(z: jax.Array, shift: jax.Array) -> jax.Array:
@@ -370,9 +381,8 @@ def scaled_exp_total(z: jax.Array, shift: jax.Array) -> jax.Array:
     """
     if z.shape[-1] > BLOCK:
         return jnp.sum(scaled_exp(z, shift), axis=-1)
-    shift = jnp.where(shift == -jnp.inf, 0.0, shift)
-    a = exact_shift(shift)
-    return jnp.sum(jnp.exp(z - a[..., None]), axis=-1) * jnp.exp(a - shift)
+    a, scale = row_shift(shift)
+    return jnp.sum(jnp.exp(z - a[..., None]), axis=-1) * scale
 
 
 def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):
@@ -505,9 +515,8 @@ def _softmax(z: jax.Array) -> jax.Array:
     # The exponentials again, in the kernel that writes p: the barrier keeps XLA
     # from sharing them with the sum, which would write them out as an array.
     z_b, m_b = jax.lax.optimization_barrier((z, m))
-    shift = jnp.where(m_b == -jnp.inf, 0.0, m_b)
-    a = exact_shift(shift)
-    factor = jnp.exp(a - shift) / jnp.where(m == -jnp.inf, 1.0, total)
+    a, scale = row_shift(m_b)
+    factor = scale / jnp.where(m == -jnp.inf, 1.0, total)
     return jnp.exp(z_b.astype(m.dtype) - a[..., None]) * factor[..., None]  # 16-bit upcast here
 
 
