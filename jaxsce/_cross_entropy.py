@@ -41,12 +41,15 @@ from jax.typing import ArrayLike
 from jaxsce._checks import check_array_option, class_indices, labels_ignored
 from jaxsce._logsumexp import (
     Axis,
+    by_columns,
     classes_last,
     compute_dtype,
     exp_shifted,
     mask_logits,
     max_and_rest,
     normalize_axes,
+    row_shift,
+    row_sum_of,
     scaled_exp,
 )
 
@@ -277,7 +280,24 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     return rest + others(x, (k * block).astype(cd)[..., None], safe), e_y, z_y
 
 
-def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
+def _label_columns(z: jax.Array, labels: jax.Array, m: jax.Array):
+    """``(T, E, z_y)`` of :func:`_label_terms` for a short row, column by column.
+
+    The label's logit and entry are picked by comparing its index with each
+    column's (:func:`row_sum_of`): with the max, one loop over the rows.
+    """
+    safe = jnp.clip(labels, 0, z.shape[-1] - 1)
+    a, scale = row_shift(m)
+    z_y = row_sum_of(lambda z, k, y: jnp.where(k == y, z, 0.0), True, z, safe)
+
+    def other(z, k, y, a, scale):
+        return jnp.where(k == y, 0.0, jnp.exp(z - a) * scale)
+
+    total = row_sum_of(other, True, z, safe, a, scale)
+    return total, jnp.exp(z_y - a) * scale, z_y
+
+
+def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, columns: bool = False):
     """:func:`_xent_values` for one weighted label per example, from :func:`_label_terms`.
 
     ``lse - z_y = log1p(T / E)``: a sum of positive terms, no cancellation
@@ -289,7 +309,9 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False):
     # fused kernel upcasts what it reads (no float32 copy of 16-bit logits).
     cd = compute_dtype(z.dtype)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
-    if fused_sum:
+    if columns and by_columns(z):
+        total, e_y, z_y = _label_columns(z, t.labels, m)
+    elif fused_sum:
         total, e_y, z_y = _label_total(z, t.labels, m)
     else:
         _, total, e_y, z_y = _label_terms(z, t.labels, m)
@@ -344,24 +366,35 @@ def _label_bwd(z_in, t, res, g):
     return dz.astype(z_in.dtype), None, dt
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None = None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _xent(
+    z: jax.Array,
+    where: jax.Array | None,
+    t: Targets,
+    cap: float | None = None,
+    loss_only: bool = False,
+):
     """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``.
 
     With a soft-cap the chain rule runs inside the same pass: the gradient
     with respect to the raw logits is ``g (p sum(y) - y) (1 - tanh^2(z / c))``,
     with ``tanh`` recomputed from the raw logits (no residual of size N x C).
     One weighted label per example (the common case) takes the faster
-    :func:`_label_values` and :func:`_label_bwd`.
+    :func:`_label_values` and :func:`_label_bwd`. ``loss_only`` (static) says
+    that the caller uses the loss alone, not the log-sum-exp.
     """
     if _labels_only(where, t, cap):
         # Value only: past FUSED_SUM_SIZE logits, writing `u` out costs more
         # (fresh pages every call) than the fused sum's extra operations.
-        return _label_values(z, t, fused_sum=z.size > FUSED_SUM_SIZE)[0]
+        # Short rows by columns (jaxsce._logsumexp.by_columns) where the sum
+        # feeds the loss alone: XLA copies a cheap sum of columns into each
+        # kernel that reads it, and the log-sum-exp would be a second one.
+        fused_sum = z.size > FUSED_SUM_SIZE
+        return _label_values(z, t, fused_sum=fused_sum, columns=loss_only)[0]
     return _xent_values(z, where, t, cap)[0]
 
 
-def _xent_fwd(z, where, t, cap):
+def _xent_fwd(z, where, t, cap, loss_only):
     if _labels_only(where, t, cap):
         # float32: the backward pass reuses the forward pass's array `u` (XLA
         # shares it and writes the gradient over it). 16-bit: `u` would be a
@@ -374,7 +407,7 @@ def _xent_fwd(z, where, t, cap):
     return out, (z, where, t, s.shift, s.rest, s.empty)
 
 
-def _xent_bwd(cap, res, g):
+def _xent_bwd(cap, loss_only, res, g):
     z_in, where, t = res[:3]
     if _labels_only(where, t, cap):
         return _label_bwd(z_in, t, res[3:], g)
@@ -793,7 +826,11 @@ def _integer_labels_impl(
     if not fused and (ignore_index is not None or where is not None):
         # The plain formulation: JAX would carry 0 * NaN from an ignored row.
         z = jnp.where(keep[..., None], z, jnp.zeros((), z.dtype))
-    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
+    if fused:
+        loss_only = not return_aux and isinstance(zeta, float) and zeta == 0
+        ce, lse, correct = _xent(z, where, t, logit_softcap, loss_only)
+    else:
+        ce, lse, correct = _xent_values_only(z, where, t, logit_softcap)
     if smoothing == "t5x" and smoothed:
         ce = ce - entropy
         # The label must be a possible class: +inf if it is masked or -inf, for

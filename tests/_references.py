@@ -18,6 +18,13 @@ def lse_mp(z):
         return m + mpmath.log(mpmath.fsum(mpmath.exp(v - m) for v in zs))
 
 
+def softmax_mp(z):
+    """``softmax`` of one row as float64 (``-inf`` entries give 0)."""
+    with mpmath.workdps(DPS):
+        lse = lse_mp(z)
+        return np.array([float(mpmath.exp(v - lse)) for v in _row_mp(z)])
+
+
 def integer_ce_mp(z, label):
     """Loss ``lse(z) - z_y`` and gradient ``p - onehot(y)`` of one row, as float64."""
     with mpmath.workdps(DPS):

@@ -1,0 +1,189 @@
+"""The column-by-column path for short rows: same results, accuracy and edge cases.
+
+Rows of at most ``COLUMNS`` classes, in batches of at least ``COLUMN_ROWS``
+rows, are reduced as a tree of their columns (``jaxsce._logsumexp.by_columns``).
+The ``columns`` fixture lowers ``COLUMN_ROWS`` to 1 so that the small arrays
+here take that path; each test checks against mpmath or the row path, and the
+first checks that the fixture does switch paths.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsce
+from jaxsce import _logsumexp
+from tests._references import integer_ce_mp, lse_mp, softmax_mp, ulp_error
+
+CE = jaxsce.softmax_cross_entropy_with_integer_labels
+
+
+@pytest.fixture
+def columns(monkeypatch):
+    """Every row of at most ``COLUMNS`` classes takes the column path."""
+    monkeypatch.setattr(_logsumexp, "COLUMN_ROWS", 1)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
+def _slices(f, *args):
+    """Slice operations in the optimised program of ``jit(f)``: the columns."""
+    return jax.jit(f).lower(*args).compile().as_text().count(" slice(")
+
+
+def test_which_rows_go_by_columns():
+    def f32(*shape):
+        return jnp.zeros(shape, jnp.float32)
+
+    assert _logsumexp.by_columns(f32(1024, 10))
+    assert _logsumexp.by_columns(f32(4, 256, 32))  # rows counted over the batch axes
+    assert not _logsumexp.by_columns(f32(1023, 10))
+    assert not _logsumexp.by_columns(f32(1024, 33))
+
+
+def test_the_fixture_switches_the_path(monkeypatch):
+    z = jnp.zeros((8, 10), jnp.float32)
+    assert _slices(jaxsce.logsumexp, z) == 0
+    monkeypatch.setattr(_logsumexp, "COLUMN_ROWS", 1)
+    jax.clear_caches()
+    assert _slices(jaxsce.logsumexp, z) >= 10
+    assert _slices(lambda z: CE(z, jnp.zeros(8, jnp.int32)), z) >= 10
+    jax.clear_caches()
+
+
+def _confident_rows(num_classes, scale, seed=0):
+    """Rows whose top logit leads the others by 0 to 40, at ``scale``."""
+    rng = np.random.default_rng(seed)
+    margins = (0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0)
+    z = (scale + rng.uniform(-12, 0, (len(margins), num_classes))).astype(np.float32)
+    top = rng.integers(num_classes, size=len(margins))
+    for row, margin in enumerate(margins):
+        z[row, top[row]] = np.float32(z[row].max() + margin)
+    return z, top
+
+
+SCALES = (-200.0, -40.0, -17.5, 0.0, 79.5, 96.5, 112.5, 144.5, 1e4)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_within_a_few_ulp_of_mpmath(columns, scale):
+    """The bounds of the row path: lse 1 ulp, log p_top and the loss 4, p 6.
+
+    Near ``lse = 0`` (scale 0) ``m + log1p(r)`` cancels, on either path, and
+    the bound on lse is the absolute one of ``log1p(r)``: 1 ulp of 1.
+    """
+    z, top = _confident_rows(10, scale, seed=int(abs(scale)))
+    lse_ref = np.array([lse_mp(r) for r in z])
+    lse_err = np.abs(np.asarray(jaxsce.logsumexp(z), np.float64) - lse_ref.astype(np.float64))
+    assert np.all(lse_err <= np.maximum(np.spacing(np.abs(lse_ref).astype(np.float32)), 2**-23))
+    rows = np.arange(len(z))
+    lp_top = jaxsce.log_softmax(z)[rows, top]
+    assert ulp_error(lp_top, z[rows, top] - lse_ref).max() <= 4
+    p_ref = np.stack([softmax_mp(r) for r in z])
+    assert ulp_error(jaxsce.softmax(z), p_ref).max() <= 6
+    for labels in (top, (top + 1) % 10):  # the largest logit, and another one
+        loss_ref = np.array([integer_ce_mp(r, int(y))[0] for r, y in zip(z, labels)])
+        loss = jax.jit(CE)(z, labels)
+        assert ulp_error(loss, loss_ref).max() <= 4
+
+
+def test_the_bound_rejects_a_sum_that_keeps_the_top_term(columns):
+    """``log(1 + r)`` with the top term's 1 in the sum: 0 instead of ``-r``."""
+    z, top = _confident_rows(10, 0.0)
+    rows = np.arange(len(z))
+    ref = z[rows, top] - np.array([lse_mp(r) for r in z])
+    m = z.max(-1)
+    plain = (z[rows, top] - m) - np.log(np.sum(np.exp(z - m[:, None]), -1))
+    assert ulp_error(plain.astype(np.float32), ref).max() > 100
+    assert ulp_error(jaxsce.log_softmax(z)[rows, top], ref).max() <= 4
+
+
+def test_ties_count_exactly(columns):
+    """Tied largest logits: all left out of the sum, their count added back."""
+    z = np.array([[2.0, 2.0, 0.0, -1.0], [3.0, 3.0, 3.0, 3.0], [5.0, -9.0, 5.0, -9.0]], np.float32)
+    lse_ref = np.array([lse_mp(r) for r in z])
+    assert ulp_error(jaxsce.logsumexp(z), lse_ref).max() <= 1
+    assert ulp_error(jaxsce.softmax(z), np.stack([softmax_mp(r) for r in z])).max() <= 6
+    loss_ref = np.array([integer_ce_mp(r, 0)[0] for r in z])
+    assert ulp_error(jax.jit(CE)(z, np.zeros(3, int)), loss_ref).max() <= 4
+
+
+def test_random_rows_with_ties_and_neg_inf_entries(columns):
+    """Every function against mpmath on rows with tied largest logits and ``-inf``."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 3, (40, 12)).astype(np.float32)
+    z[::5, 3] = z[::5].max(-1)  # ties with the largest
+    z[::7, 5] = -np.inf
+    labels = rng.integers(12, size=40)
+    labels[::7] = 0  # not on a -inf entry
+    lse_ref = np.array([float(lse_mp(r)) for r in z])
+    assert ulp_error(jaxsce.logsumexp(z), lse_ref).max() <= 1
+    p, p_ref = jaxsce.softmax(z), np.stack([softmax_mp(r) for r in z])
+    assert np.all(p[::7, 5] == 0)
+    assert ulp_error(p, p_ref).max() <= 6
+    loss_ref = np.array([integer_ce_mp(r, int(y))[0] for r, y in zip(z, labels)])
+    assert ulp_error(jax.jit(CE)(z, labels), loss_ref).max() <= 4
+    # log p = (z - m) - log1p(r): within 2 ulp of the larger of its two terms.
+    lp, lp_ref = np.asarray(jaxsce.log_softmax(z), np.float64), z - lse_ref[:, None]
+    finite = np.isfinite(z)
+    assert np.all(lp[~finite] == -np.inf)
+    m = z.max(-1, keepdims=True)
+    scale = np.maximum(np.abs(z - m), np.abs(lse_ref[:, None] - m))[finite]
+    assert np.all(np.abs(lp[finite] - lp_ref[finite]) <= 2 * np.spacing(scale.astype(np.float32)))
+
+
+def test_special_values(columns):
+    """Empty rows, NaN, +inf, ``-inf`` logits and bad labels, as on the row path."""
+    inf, nan = np.inf, np.nan
+    z = jnp.array(
+        [
+            [-inf, -inf, -inf],  # no valid class
+            [0.0, nan, 1.0],
+            [0.0, inf, 1.0],
+            [0.0, -inf, 1.0],
+        ]
+    )
+    lse = jaxsce.logsumexp(z)
+    assert lse[0] == -inf and np.isnan(lse[1]) and np.isnan(lse[2])
+    np.testing.assert_allclose(lse[3], np.logaddexp(0.0, 1.0), rtol=1e-7)
+    p = jaxsce.softmax(z)
+    assert np.all(p[0] == 0) and np.all(np.isnan(p[1])) and np.all(np.isnan(p[2]))
+    assert p[3, 1] == 0
+    lp = jaxsce.log_softmax(z)
+    assert np.all(lp[0] == -inf) and lp[3, 1] == -inf
+    loss = jax.jit(CE)(z, jnp.array([0, 0, 0, 1]))
+    assert loss[0] == inf and np.isnan(loss[1]) and np.isnan(loss[2]) and loss[3] == inf
+    bad = jax.jit(CE)(z[3:], jnp.array([3]))  # out of range: NaN, not a wrap
+    assert np.isnan(bad[0])
+    where = jnp.array([[True, False, True]] * 4)
+    masked = jaxsce.logsumexp(jnp.zeros((4, 3)), where=where)
+    np.testing.assert_allclose(masked, np.log(2.0), rtol=1e-7)
+
+
+def test_gradients_unchanged(columns):
+    """The backward pass does not take the column path: same gradient as jax.nn."""
+    z = jnp.asarray(np.random.default_rng(1).normal(0, 2, (16, 10)).astype(np.float32))
+    for ours, theirs in (
+        (jaxsce.logsumexp, lambda x: jax.nn.logsumexp(x, axis=-1)),
+        (jaxsce.log_softmax, jax.nn.log_softmax),
+        (jaxsce.softmax, jax.nn.softmax),
+    ):
+        g = jax.grad(lambda x, f=ours: jnp.sum(jnp.sin(f(x))))(z)
+        g_ref = jax.grad(lambda x, f=theirs: jnp.sum(jnp.sin(f(x))))(z)
+        np.testing.assert_allclose(g, g_ref, rtol=2e-5, atol=2e-6)
+
+
+def test_16_bit_logits_stay_on_the_row_path():
+    """Slicing 16-bit logits would copy them: XLA's CPU backend converts all of it."""
+    z = jnp.zeros((4096, 16), jnp.bfloat16)
+    assert not _logsumexp.by_columns(z)
+    assert not _logsumexp.by_columns(z.astype(jnp.float16))
+    copy = 4 * z.size  # bytes of a float32 copy
+    for f in (jaxsce.logsumexp, jaxsce.log_softmax, jaxsce.softmax):
+        temp = jax.jit(f).lower(z).compile().memory_analysis().temp_size_in_bytes
+        assert temp < copy / 2, f  # per-row values only
+    # The measure sees the copy that slicing makes.
+    slices = lambda z: sum(z[:, k].astype(jnp.float32) for k in range(16))  # noqa: E731
+    assert jax.jit(slices).lower(z).compile().memory_analysis().temp_size_in_bytes >= copy
