@@ -252,26 +252,28 @@ def _exp_dot(z: jax.Array, shift: jax.Array, dz: jax.Array) -> jax.Array:
     return jnp.sum(scaled_exp(z.astype(cd), shift) * dz.astype(cd), axis=-1)
 
 
-COLUMNS = 32  # at most this many classes per row ...
-COLUMN_ROWS = 1024  # ... and at least this many rows: reduced column by column
+COLUMNS = 32  # classes per row up to which a sum may go column by column ...
+REST_COLUMNS = 128  # ... (the log-sum-exp's, whose terms are simpler) ...
+COLUMN_ROWS = 1024  # ... in a batch of at least this many rows
 
 
-def by_columns(z: jax.Array) -> bool:
-    """Whether the rows of ``z`` are reduced column by column (static).
+def by_columns(z: jax.Array, classes: int = COLUMNS) -> bool:
+    """Whether the rows of ``z`` are summed column by column (static).
 
-    A row of at most ``COLUMNS`` classes is reduced as a balanced tree of
-    its columns: XLA fuses the columns' operations and the rest of the row's
+    A row of at most ``classes`` classes is summed as a balanced tree of its
+    columns: XLA fuses the columns' operations and the rest of the row's
     work into one loop over the rows, where its reductions over short rows
     cost several times more per entry (2x to 3x on ``logsumexp`` of 8192 x
-    10 logits). Below ``COLUMN_ROWS`` rows the loop's handoff to a second
-    thread costs more than it saves, and under ``vmap`` the rows are not
-    seen here. Not for 16-bit logits: XLA's CPU backend slices a 16-bit
-    float array out of a float32 copy of the whole array, and slices of
-    its bits (``uint16``) out of a copy of those.
+    10 logits). The limits are measured: the loop's unrolled code grows
+    with the classes (and the compile time with it), and past them the
+    reductions win. Below ``COLUMN_ROWS`` rows the loop's handoff to a
+    second thread costs more than it saves, and under ``vmap`` the rows are
+    not seen here. Not for 16-bit logits: XLA's CPU backend slices a 16-bit
+    float array out of a float32 copy of the whole array, and slices of its
+    bits (``uint16``) out of a copy of those.
     """
-    classes = z.shape[-1]
-    rows = z.size // max(classes, 1)
-    return classes <= COLUMNS and rows >= COLUMN_ROWS and compute_dtype(z.dtype) == z.dtype
+    rows = z.size // max(z.shape[-1], 1)
+    return z.shape[-1] <= classes and rows >= COLUMN_ROWS and compute_dtype(z.dtype) == z.dtype
 
 
 def _pairwise(op, xs: list) -> jax.Array:
@@ -329,7 +331,7 @@ def max_and_rest(z: jax.Array, block: int = BLOCK, columns: bool = False) -> Max
       A :class:`MaxAndRest` with arrays of shape ``(...,)``.
     """
     num_classes, cd = z.shape[-1], compute_dtype(z.dtype)
-    columns = columns and by_columns(z)
+    columns = columns and by_columns(z, REST_COLUMNS)
     if num_classes <= block:
         m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
     else:
