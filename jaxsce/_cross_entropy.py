@@ -309,7 +309,8 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, columns: bo
     # fused kernel upcasts what it reads (no float32 copy of 16-bit logits).
     cd = compute_dtype(z.dtype)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
-    if columns and by_columns(z):
+    if columns and by_columns(z) and not _is_16bit(z):
+        # (16-bit: each column feeds two sums, and XLA would write out the upcast.)
         total, e_y, z_y = _label_columns(z, t.labels, m)
     elif fused_sum:
         total, e_y, z_y = _label_total(z, t.labels, m)

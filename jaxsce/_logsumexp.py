@@ -255,6 +255,7 @@ def _exp_dot(z: jax.Array, shift: jax.Array, dz: jax.Array) -> jax.Array:
 COLUMNS = 32  # classes per row up to which a sum may go column by column ...
 REST_COLUMNS = 128  # ... (the log-sum-exp's, whose terms are simpler) ...
 COLUMN_ROWS = 1024  # ... in a batch of at least this many rows
+HALF_COLUMNS = 15  # 16-bit logits: XLA copies their upcast into at most 15 places
 
 
 def by_columns(z: jax.Array, classes: int = COLUMNS) -> bool:
@@ -268,12 +269,15 @@ def by_columns(z: jax.Array, classes: int = COLUMNS) -> bool:
     with the classes (and the compile time with it), and past them the
     reductions win. Below ``COLUMN_ROWS`` rows the loop's handoff to a
     second thread costs more than it saves, and under ``vmap`` the rows are
-    not seen here. Not for 16-bit logits: XLA's CPU backend slices a 16-bit
-    float array out of a float32 copy of the whole array, and slices of its
-    bits (``uint16``) out of a copy of those.
+    not seen here. 16-bit logits go by columns up to ``HALF_COLUMNS``
+    classes: XLA's CPU backend slices them out of their float32 upcast,
+    which its fusion copies into the loop for up to 15 slices (its limit on
+    duplicated code) and past that writes out, a float32 copy of the logits.
     """
     rows = z.size // max(z.shape[-1], 1)
-    return z.shape[-1] <= classes and rows >= COLUMN_ROWS and compute_dtype(z.dtype) == z.dtype
+    if compute_dtype(z.dtype) != z.dtype:
+        classes = min(classes, HALF_COLUMNS)
+    return z.shape[-1] <= classes and rows >= COLUMN_ROWS
 
 
 def _pairwise(op, xs: list) -> jax.Array:
@@ -294,7 +298,8 @@ def row_sum_of(f, columns: bool, z: jax.Array, *rows: jax.Array) -> jax.Array:
     if not columns:
         k = jax.lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
         return jnp.sum(f(z, k, *(r[..., None] for r in rows)), axis=-1)
-    return _pairwise(jnp.add, [f(z[..., k], k, *rows) for k in range(z.shape[-1])])
+    cd = compute_dtype(z.dtype)
+    return _pairwise(jnp.add, [f(z[..., k].astype(cd), k, *rows) for k in range(z.shape[-1])])
 
 
 def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
