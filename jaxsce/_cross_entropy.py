@@ -689,6 +689,11 @@ def _num_valid_classes(where, z):
     return jnp.sum(where, axis=-1).astype(z.dtype)
 
 
+def _no_z_loss(z_loss) -> bool:
+    """Whether the z-loss is the Python float 0 (static: it adds no work)."""
+    return isinstance(z_loss, float) and z_loss == 0
+
+
 def _finish(
     ce,
     lse,
@@ -709,7 +714,7 @@ def _finish(
     is the traced options' check (None: nothing to check), which turns the
     loss into NaN where it fails.
     """
-    if isinstance(z_loss, float) and z_loss == 0:
+    if _no_z_loss(z_loss):
         z_term = jnp.zeros_like(ce)
     else:
         z_term = z_loss * jnp.where(keep, lse, 0.0) ** 2  # no 0 * NaN from ignored rows
@@ -828,7 +833,7 @@ def _integer_labels_impl(
         # The plain formulation: JAX would carry 0 * NaN from an ignored row.
         z = jnp.where(keep[..., None], z, jnp.zeros((), z.dtype))
     if fused:
-        loss_only = not return_aux and isinstance(zeta, float) and zeta == 0
+        loss_only = not return_aux and _no_z_loss(zeta)  # the log-sum-exp is not used
         ce, lse, correct = _xent(z, where, t, logit_softcap, loss_only)
     else:
         ce, lse, correct = _xent_values_only(z, where, t, logit_softcap)
