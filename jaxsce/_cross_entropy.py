@@ -40,10 +40,12 @@ from jax.typing import ArrayLike
 
 from jaxsce._checks import check_array_option, class_indices, labels_ignored
 from jaxsce._logsumexp import (
+    LABEL_COLUMNS,
     Axis,
     by_columns,
     classes_last,
     compute_dtype,
+    computed_once,
     exp_shifted,
     mask_logits,
     max_and_rest,
@@ -283,17 +285,18 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
 def _label_columns(z: jax.Array, labels: jax.Array, m: jax.Array):
     """``(T, E, z_y)`` of :func:`_label_terms` for a short row, column by column.
 
-    The label's logit and entry are picked by comparing its index with each
-    column's (:func:`row_sum_of`): with the max, one loop over the rows.
+    The label's entry is left out by comparing its index with each column's
+    (:func:`row_sum_of`), and its logit is gathered (a sum of selects would
+    read every column a second time).
     """
-    safe = jnp.clip(labels, 0, z.shape[-1] - 1)
+    safe, z_y = _label_logit(z, labels, m.dtype)
     a, scale = row_shift(m)
-    z_y = row_sum_of(lambda z, k, y: jnp.where(k == y, z, 0.0), True, z, safe)
 
     def other(z, k, y, a, scale):
         return jnp.where(k == y, 0.0, jnp.exp(z - a) * scale)
 
     total = row_sum_of(other, True, z, safe, a, scale)
+    total = computed_once(total, a)
     return total, jnp.exp(z_y - a) * scale, z_y
 
 
@@ -309,8 +312,7 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, columns: bo
     # fused kernel upcasts what it reads (no float32 copy of 16-bit logits).
     cd = compute_dtype(z.dtype)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
-    if columns and by_columns(z) and not _is_16bit(z):
-        # (16-bit: each column feeds two sums, and XLA would write out the upcast.)
+    if columns and by_columns(z, LABEL_COLUMNS):
         total, e_y, z_y = _label_columns(z, t.labels, m)
     elif fused_sum:
         total, e_y, z_y = _label_total(z, t.labels, m)
@@ -367,35 +369,27 @@ def _label_bwd(z_in, t, res, g):
     return dz.astype(z_in.dtype), None, dt
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _xent(
-    z: jax.Array,
-    where: jax.Array | None,
-    t: Targets,
-    cap: float | None = None,
-    loss_only: bool = False,
-):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None = None):
     """:func:`_xent_values` with the fused backward pass ``g (p sum(y) - y)``.
 
     With a soft-cap the chain rule runs inside the same pass: the gradient
     with respect to the raw logits is ``g (p sum(y) - y) (1 - tanh^2(z / c))``,
     with ``tanh`` recomputed from the raw logits (no residual of size N x C).
     One weighted label per example (the common case) takes the faster
-    :func:`_label_values` and :func:`_label_bwd`. ``loss_only`` (static) says
-    that the caller uses the loss alone, not the log-sum-exp.
+    :func:`_label_values` and :func:`_label_bwd`.
     """
     if _labels_only(where, t, cap):
         # Value only: past FUSED_SUM_SIZE logits, writing `u` out costs more
-        # (fresh pages every call) than the fused sum's extra operations.
-        # Short rows by columns (jaxsce._logsumexp.by_columns) where the sum
-        # feeds the loss alone: XLA copies a cheap sum of columns into each
-        # kernel that reads it, and the log-sum-exp would be a second one.
-        fused_sum = z.size > FUSED_SUM_SIZE
-        return _label_values(z, t, fused_sum=fused_sum, columns=loss_only)[0]
+        # (fresh pages every call) than the fused sum's extra operations, and
+        # for 16-bit logits `u` would be a float32 array twice their size.
+        # Short rows go by columns (jaxsce._logsumexp.by_columns).
+        fused_sum = z.size > FUSED_SUM_SIZE or _is_16bit(z)
+        return _label_values(z, t, fused_sum=fused_sum, columns=True)[0]
     return _xent_values(z, where, t, cap)[0]
 
 
-def _xent_fwd(z, where, t, cap, loss_only):
+def _xent_fwd(z, where, t, cap):
     if _labels_only(where, t, cap):
         # float32: the backward pass reuses the forward pass's array `u` (XLA
         # shares it and writes the gradient over it). 16-bit: `u` would be a
@@ -408,7 +402,7 @@ def _xent_fwd(z, where, t, cap, loss_only):
     return out, (z, where, t, s.shift, s.rest, s.empty)
 
 
-def _xent_bwd(cap, loss_only, res, g):
+def _xent_bwd(cap, res, g):
     z_in, where, t = res[:3]
     if _labels_only(where, t, cap):
         return _label_bwd(z_in, t, res[3:], g)
@@ -833,8 +827,7 @@ def _integer_labels_impl(
         # The plain formulation: JAX would carry 0 * NaN from an ignored row.
         z = jnp.where(keep[..., None], z, jnp.zeros((), z.dtype))
     if fused:
-        loss_only = not return_aux and _no_z_loss(zeta)  # the log-sum-exp is not used
-        ce, lse, correct = _xent(z, where, t, logit_softcap, loss_only)
+        ce, lse, correct = _xent(z, where, t, logit_softcap)
     else:
         ce, lse, correct = _xent_values_only(z, where, t, logit_softcap)
     if smoothing == "t5x" and smoothed:

@@ -205,7 +205,7 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array, columns: bool) ->
         others = row_sum_of(below_top, True, z, shift, a, scale)
         top = jnp.where(empty, jnp.nan, shift)  # NaN: no entry is a top one
         ties = row_sum_of(lambda z, _, s: jnp.where(z == s, 1.0, 0.0), True, z, top)
-        return others + jnp.maximum(ties - 1.0, 0.0)
+        return computed_once(others + jnp.maximum(ties - 1.0, 0.0), a)
 
     def other(z, _, shift, a, scale):
         return jnp.exp(z - a) * scale * jnp.ceil(jnp.minimum(shift - z, 1.0))
@@ -224,14 +224,10 @@ def _rest_of_jvp(columns, primals, tangents):
     """``d(1 + rest) = sum_k e^{z_k - m} (dz_k - dm)``: ``1 + rest`` is the plain sum.
 
     (The left-out largest entries have the derivative of ``e^{z - m}`` too.)
-    A differentiated program sums the rows whole, not by columns: there
-    ``rest`` feeds both passes, and XLA copies the cheap sum of the columns
-    into each pass's kernel, which leaves every column's exponentials in a
-    kernel of their own.
     """
     z, shift, empty = primals
     dz, dshift, _ = tangents
-    rest = _rest_of(z, shift, empty, False)
+    rest = _rest_of(z, shift, empty, columns)
     return rest, _exp_dot(z, shift, dz) - (1 + rest) * dshift
 
 
@@ -252,8 +248,9 @@ def _exp_dot(z: jax.Array, shift: jax.Array, dz: jax.Array) -> jax.Array:
     return jnp.sum(scaled_exp(z.astype(cd), shift) * dz.astype(cd), axis=-1)
 
 
-COLUMNS = 32  # classes per row up to which a sum may go column by column ...
-REST_COLUMNS = 128  # ... (the log-sum-exp's, whose terms are simpler) ...
+COLUMNS = 32  # classes per row up to which softmax's sum goes column by column ...
+LABEL_COLUMNS = 100  # ... the integer-label loss's (past 122 its loop runs 3x slower) ...
+REST_COLUMNS = 128  # ... the log-sum-exp's, whose terms are simpler ...
 COLUMN_ROWS = 1024  # ... in a batch of at least this many rows
 HALF_COLUMNS = 15  # 16-bit logits: XLA copies their upcast into at most 15 places
 
@@ -278,6 +275,27 @@ def by_columns(z: jax.Array, classes: int = COLUMNS) -> bool:
     if compute_dtype(z.dtype) != z.dtype:
         classes = min(classes, HALF_COLUMNS)
     return z.shape[-1] <= classes and rows >= COLUMN_ROWS
+
+
+def computed_once(x: jax.Array, finite: jax.Array) -> jax.Array:
+    """``x`` itself, computed in one kernel of its own and read from there.
+
+    For a sum of columns (:func:`row_sum_of`) read by more than one kernel,
+    such as a forward value and its derivative, or a loss and its
+    log-sum-exp. XLA copies cheap operations into each kernel that reads
+    them, but not an ``exp``: the copied adds would leave every column's
+    exponentials in a kernel of their own (tens of kernels, several times
+    slower). Two steps, each an identity:
+
+    - ``x / (0 finite + 1)``, a division by an exact 1 (``finite`` is any
+      finite ``(...,)`` array) that XLA cannot prove (``0 inf`` is NaN), so
+      that it stays; XLA does not copy a division either;
+    - ``where(d == d, d, nan)``: XLA's CPU fusion of a reduction that reads
+      ``x`` takes in adds and divisions but not a select, and would
+      otherwise take the whole sum and leave each column's terms outside.
+    """
+    d = x / (finite * 0 + 1)
+    return jnp.where(d == d, d, jnp.nan)
 
 
 def _pairwise(op, xs: list) -> jax.Array:
@@ -313,11 +331,12 @@ def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
 BLOCK = 1024
 
 
-def max_and_rest(z: jax.Array, block: int = BLOCK, columns: bool = False) -> MaxAndRest:
+def max_and_rest(z: jax.Array, block: int = BLOCK) -> MaxAndRest:
     """Splits the log-sum-exp of ``z`` over its last axis as ``m + log1p(rest)``.
 
     A row of at most ``block`` classes takes one pass for the largest logit
-    and one for :func:`_rest_of` (its two sums fuse into one loop). A longer
+    and one for :func:`_rest_of` (its two sums fuse into one loop; rows of
+    at most ``REST_COLUMNS`` classes go by columns, :func:`by_columns`). A longer
     row is cut into blocks of ``block`` classes: every block but the one
     holding the largest class is summed plainly, and the exact exclusion,
     which costs a few more operations per entry, runs on that one block only.
@@ -327,16 +346,11 @@ def max_and_rest(z: jax.Array, block: int = BLOCK, columns: bool = False) -> Max
         logits stay 16-bit: the max is exact in their dtype, and each kernel
         upcasts what it reads (no float32 copy of the whole array).
       block: classes per block (static).
-      columns: whether short rows may be summed column by column
-        (:func:`by_columns`; static). Only where ``rest`` feeds one kernel:
-        XLA copies a cheap sum of columns into each kernel that reads it,
-        which leaves every column's exponentials in a kernel of their own.
 
     Returns:
       A :class:`MaxAndRest` with arrays of shape ``(...,)``.
     """
     num_classes, cd = z.shape[-1], compute_dtype(z.dtype)
-    columns = columns and by_columns(z, REST_COLUMNS)
     if num_classes <= block:
         m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
     else:
@@ -348,7 +362,7 @@ def max_and_rest(z: jax.Array, block: int = BLOCK, columns: bool = False) -> Max
     # that NaN comes out rather than a number that hides the overflow.
     shift = jnp.where(jnp.isfinite(m), m, jnp.where(empty, 0.0, jnp.nan))
     if num_classes <= block:
-        rest = _rest_of(z, shift, empty, columns)
+        rest = _rest_of(z, shift, empty, by_columns(z, REST_COLUMNS))
         return MaxAndRest(shift, rest, empty)
     return MaxAndRest(shift, _blocked_rest(z, shift, block_max, empty, block), empty)
 
@@ -510,7 +524,7 @@ def logsumexp(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> 
     arr, axes, z = _prepare(x, axis, where, "logsumexp")
     if z.shape[-1] == 0:  # no classes: the empty sum, as jax.nn.logsumexp
         return jnp.full(z.shape[:-1], -jnp.inf, arr.dtype)
-    return max_and_rest(z, columns=True).logsumexp.astype(arr.dtype)
+    return max_and_rest(z).logsumexp.astype(arr.dtype)
 
 
 @static_axis
@@ -539,7 +553,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
     arr, axes, z = _prepare(x, axis, where, "log_softmax")
     if z.shape[-1] == 0:
         return jnp.zeros(arr.shape, arr.dtype)  # nothing to normalise
-    s = max_and_rest(z, columns=True)
+    s = max_and_rest(z)
     # Separate copies (the barrier's no-op outputs) of z and the shift for the
     # output's kernel: XLA would otherwise write out, to share them with the
     # sum, a float32 copy of 16-bit logits or the shift broadcast to (..., C).

@@ -1,6 +1,7 @@
 """The column-by-column path for short rows: same results, accuracy and edge cases.
 
-Rows of at most ``COLUMNS`` classes, in batches of at least ``COLUMN_ROWS``
+Rows of at most ``COLUMNS`` classes (softmax; ``LABEL_COLUMNS`` for the loss,
+``REST_COLUMNS`` for the log-sum-exp), in batches of at least ``COLUMN_ROWS``
 rows, are reduced as a tree of their columns (``jaxsce._logsumexp.by_columns``).
 The ``columns`` fixture lowers ``COLUMN_ROWS`` to 1 so that the small arrays
 here take that path; each test checks against mpmath or the row path, and the
@@ -41,6 +42,8 @@ def test_which_rows_go_by_columns():
     assert _logsumexp.by_columns(f32(4, 256, 32))  # rows counted over the batch axes
     assert not _logsumexp.by_columns(f32(1023, 10))
     assert not _logsumexp.by_columns(f32(1024, 33))
+    assert _logsumexp.by_columns(f32(1024, 100), _logsumexp.LABEL_COLUMNS)
+    assert not _logsumexp.by_columns(f32(1024, 101), _logsumexp.LABEL_COLUMNS)
     assert _logsumexp.by_columns(f32(1024, 128), _logsumexp.REST_COLUMNS)
     assert not _logsumexp.by_columns(f32(1024, 129), _logsumexp.REST_COLUMNS)
 
@@ -51,7 +54,7 @@ def test_the_fixture_switches_the_path(monkeypatch):
     monkeypatch.setattr(_logsumexp, "COLUMN_ROWS", 1)
     jax.clear_caches()
     assert _slices(jaxsce.logsumexp, z) >= 10
-    assert _slices(lambda z: CE(z, jnp.zeros(8, jnp.int32)), z) >= 10
+    assert _slices(CE, z, jnp.zeros(8, jnp.int32)) >= 10
     jax.clear_caches()
 
 
@@ -74,8 +77,8 @@ SCALES = (-200.0, -40.0, -17.5, 0.0, 79.5, 96.5, 112.5, 144.5, 1e4)
 def test_within_a_few_ulp_of_mpmath(columns, scale, num_classes):
     """The bounds of the row path: lse 1 ulp, log p_top and the loss 4, p 6.
 
-    100 classes: the log-sum-exp (``logsumexp``, ``log_softmax``) goes by
-    columns, softmax and the loss by rows.
+    100 classes: the log-sum-exp (``logsumexp``, ``log_softmax``) and the
+    loss go by columns, softmax by rows.
 
     Near ``lse = 0`` (scale 0) ``m + log1p(r)`` cancels, on either path, and
     the bound on lse is the absolute one of ``log1p(r)``: 1 ulp of 1.
@@ -169,8 +172,8 @@ def test_special_values(columns):
     np.testing.assert_allclose(masked, np.log(2.0), rtol=1e-7)
 
 
-def test_gradients_unchanged(columns):
-    """The backward pass does not take the column path: same gradient as jax.nn."""
+def test_gradients_match_jax_nn(columns):
+    """The backward passes read the column sums: same gradient as jax.nn."""
     z = jnp.asarray(np.random.default_rng(1).normal(0, 2, (16, 10)).astype(np.float32))
     for ours, theirs in (
         (jaxsce.logsumexp, lambda x: jax.nn.logsumexp(x, axis=-1)),
@@ -180,6 +183,67 @@ def test_gradients_unchanged(columns):
         g = jax.grad(lambda x, f=ours: jnp.sum(jnp.sin(f(x))))(z)
         g_ref = jax.grad(lambda x, f=theirs: jnp.sum(jnp.sin(f(x))))(z)
         np.testing.assert_allclose(g, g_ref, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("scale", SCALES)
+def test_gradients_within_a_few_ulp_of_mpmath(columns, scale, num_classes):
+    """Gradients whose rows' sums go by columns, against mpmath.
+
+    ``grad logsumexp = p`` within softmax's 6 ulp, and the loss's ``p -
+    onehot(y)`` within 4 ulp on its general path (a mask), whose backward
+    pass reads the forward pass's column sum.
+    """
+    z, top = _confident_rows(num_classes, scale, seed=int(abs(scale)) + 1)
+    p_ref = np.stack([softmax_mp(r) for r in z])
+    g = jax.jit(jax.grad(lambda x: jnp.sum(jaxsce.logsumexp(x))))(z)
+    assert ulp_error(g, p_ref).max() <= 6
+    if scale in (-17.5, 0.0):  # the plain exp(z - lse) rounds z - lse: about 30 ulp here
+        plain = jax.grad(lambda x: jnp.sum(jax.nn.logsumexp(x, axis=-1)))(jnp.asarray(z))
+        assert ulp_error(plain, p_ref).max() > 6
+    mask = np.ones(z.shape, bool)
+    for labels in (top, (top + 1) % num_classes):
+        ref = np.stack([integer_ce_mp(r, int(y))[1] for r, y in zip(z, labels)])
+        loss = lambda x, y=labels: jnp.sum(CE(x, y, where=mask))  # noqa: E731
+        assert ulp_error(jax.jit(jax.grad(loss))(z), ref).max() <= 4
+
+
+def _kernels(f, *args):
+    """Kernels (fusions) in the optimised program of ``jit(f)``."""
+    entry = jax.jit(f).lower(*args).compile().as_text().split("ENTRY")[1]
+    return sum(" fusion(" in line for line in entry.splitlines())
+
+
+def test_a_sum_of_columns_is_computed_once(monkeypatch):
+    """Read by several kernels, a column sum is still one kernel (``computed_once``).
+
+    Without its division the loss and a forward + backward pass, and without
+    its select a reduction of ``log_softmax``, get a kernel per column: the
+    count below fails on either (32 columns).
+    """
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(8192, 32)).astype(np.float32))
+    y, c = jnp.zeros(8192, jnp.int32), z[::-1]
+    programs = {
+        "loss": (CE, z, y),
+        "loss and lse": (lambda z, y: CE(z, y, return_aux=True), z, y),
+        "value and grad": (jax.value_and_grad(lambda z: jaxsce.logsumexp(z) @ c[:, 0]), z),
+        "sum of log_softmax": (lambda z: jnp.sum(jaxsce.log_softmax(z) * c), z),
+    }
+
+    def counts():
+        jax.clear_caches()
+        return {name: _kernels(*p) for name, p in programs.items()}
+
+    assert max(counts().values()) <= 16
+    for module in (_logsumexp, jaxsce._cross_entropy):
+        monkeypatch.setattr(module, "computed_once", lambda x, _: jnp.where(x == x, x, jnp.nan))
+    no_division = counts()
+    assert no_division["loss"] > 32 and no_division["value and grad"] > 32
+    for module in (_logsumexp, jaxsce._cross_entropy):
+        monkeypatch.setattr(module, "computed_once", lambda x, finite: x / (finite * 0 + 1))
+    no_select = counts()
+    assert no_select["loss"] > 32 and no_select["sum of log_softmax"] > 32
+    jax.clear_caches()
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])

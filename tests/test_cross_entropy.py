@@ -259,6 +259,20 @@ def test_bfloat16_step_holds_no_float32_copy_of_the_logits():
     assert _step_temp_bytes(upcast, z.astype(jnp.bfloat16), y) >= 4 * n * c
 
 
+@pytest.mark.parametrize("shape", [(4096, 100), (512, 8192)])
+def test_bfloat16_forward_holds_no_float32_copy_of_the_logits(shape):
+    """bfloat16 logits, value only: temp below a quarter of a float32 copy (4 n c bytes)."""
+    z, y = _logits(shape).astype(jnp.bfloat16), _labels(shape[:1], shape[1])
+
+    def temp(loss):
+        f = lambda z: jnp.mean(loss(z, y).astype(jnp.float32))  # noqa: E731
+        return jax.jit(f).lower(z).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp(INT) < z.size
+    upcast = lambda z, y: INT(z.astype(jnp.float32) * 1.5, y)  # noqa: E731
+    assert temp(upcast) >= 4 * z.size
+
+
 # -- transforms ------------------------------------------------------------
 
 
