@@ -242,16 +242,15 @@ def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
 
 
 LABEL_BLOCK = 256  # classes per block in the forward-only sum of a long row
-FUSED_SUM_SIZE = 2**23  # logits above which a value-only call sums without writing `u`
 
 
 def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     """``(T, E, z_y)`` of :func:`_label_terms` without writing ``u`` out.
 
-    For large value-only calls, and for 16-bit logits with a backward pass.
+    For value-only calls, and for 16-bit logits with a backward pass.
     The label is taken out arithmetically (``min(|k - y|, 1)`` is 0 on it and 1
     elsewhere), so that XLA sums in one fused pass over the logits. In a row
-    longer than ``2 LABEL_BLOCK`` that runs on the label's block only and the
+    longer than ``4 LABEL_BLOCK`` that runs on the label's block only and the
     other blocks are summed plainly; not for 16-bit logits, which XLA would
     upcast to a float32 copy for the blocked sum.
     """
@@ -265,7 +264,7 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
         return jnp.sum(scaled_exp(x.astype(cd), m) * off, axis=-1)
 
     block = LABEL_BLOCK
-    if num_classes <= 2 * block or _is_16bit(z):
+    if num_classes <= 4 * block or _is_16bit(z):
         return others(z, 0.0, safe), e_y, z_y
     # Every block but the label's, summed plainly; then the label's, without it.
     sums = scaled_exp(z.astype(cd), m)
@@ -380,12 +379,10 @@ def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None =
     :func:`_label_values` and :func:`_label_bwd`.
     """
     if _labels_only(where, t, cap):
-        # Value only: past FUSED_SUM_SIZE logits, writing `u` out costs more
-        # (fresh pages every call) than the fused sum's extra operations, and
-        # for 16-bit logits `u` would be a float32 array twice their size.
-        # Short rows go by columns (jaxsce._logsumexp.by_columns).
-        fused_sum = z.size > FUSED_SUM_SIZE or _is_16bit(z)
-        return _label_values(z, t, fused_sum=fused_sum, columns=True)[0]
+        # Value only: one fused sum, no array `u` (writing it costs more than
+        # the sum's extra operations, and for 16-bit logits it would be a
+        # float32 array twice their size). Short rows go by columns.
+        return _label_values(z, t, fused_sum=True, columns=True)[0]
     return _xent_values(z, where, t, cap)[0]
 
 
