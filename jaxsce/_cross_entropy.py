@@ -281,8 +281,8 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     return rest + others(x, (k * block).astype(cd)[..., None], safe), e_y, z_y
 
 
-def _label_columns(z: jax.Array, labels: jax.Array, m: jax.Array):
-    """``(T, E, z_y)`` of :func:`_label_terms` for a short row, column by column.
+def _label_columns(z: jax.Array, labels: jax.Array, m: jax.Array, width: int):
+    """``(T, E, z_y)`` of :func:`_label_terms` by columns, or blocks of ``width`` columns.
 
     The label's entry is left out by comparing its index with each column's
     (:func:`row_sum_of`), and its logit is gathered (a sum of selects would
@@ -294,7 +294,7 @@ def _label_columns(z: jax.Array, labels: jax.Array, m: jax.Array):
     def other(z, k, y, a, scale):
         return jnp.where(k == y, 0.0, jnp.exp(z - a) * scale)
 
-    total = row_sum_of(other, True, z, safe, a, scale)
+    total = row_sum_of(other, width, z, safe, a, scale)
     total = computed_once(total, a)
     return total, jnp.exp(z_y - a) * scale, z_y
 
@@ -311,8 +311,9 @@ def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, columns: bo
     # fused kernel upcasts what it reads (no float32 copy of 16-bit logits).
     cd = compute_dtype(z.dtype)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
-    if columns and by_columns(z, LABEL_COLUMNS):
-        total, e_y, z_y = _label_columns(z, t.labels, m)
+    width = by_columns(z, LABEL_COLUMNS) if columns else 0
+    if width:
+        total, e_y, z_y = _label_columns(z, t.labels, m, width)
     elif fused_sum:
         total, e_y, z_y = _label_total(z, t.labels, m)
     else:

@@ -176,7 +176,7 @@ def exp_shifted(z: jax.Array, shift: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array, columns: bool) -> jax.Array:
+def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array, width: int) -> jax.Array:
     """``sum exp(z_k - m)`` over every entry but one largest, exactly.
 
     Each largest entry is left out, and all but one of them come back as the
@@ -184,8 +184,8 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array, columns: bool) ->
     term is scaled, not the sum: the products' roundings average out over
     the sum, where one product of the sum would add its half ulp to ``rest``.
 
-    Summed by columns (``columns``, static; :func:`by_columns`), the largest
-    entries are left out by a select. XLA's CPU reductions over whole rows
+    Summed by columns (``width``, static, from :func:`by_columns`; 0 for
+    whole rows), the largest entries are left out by a select. XLA's CPU reductions over whole rows
     run a select several times slower, so there they are left out by the
     factor ``1 - top = ceil(min(m - z, 1))`` (0 on it, 1 below it), and the
     ties are counted as ``C + sum(floor(max(z - s, -1/2)))`` (each term -1
@@ -197,14 +197,14 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array, columns: bool) ->
     not merge with ``z``).
     """
     a, scale = row_shift(shift)
-    if columns:
+    if width:
 
         def below_top(z, _, s, a, scale):
             return jnp.where(z < s, jnp.exp(z - a) * scale, 0.0)
 
-        others = row_sum_of(below_top, True, z, shift, a, scale)
+        others = row_sum_of(below_top, width, z, shift, a, scale)
         top = jnp.where(empty, jnp.nan, shift)  # NaN: no entry is a top one
-        ties = row_sum_of(lambda z, _, s: jnp.where(z == s, 1.0, 0.0), True, z, top)
+        ties = row_sum_of(lambda z, _, s: jnp.where(z == s, 1.0, 0.0), width, z, top)
         return computed_once(others + jnp.maximum(ties - 1.0, 0.0), a)
 
     def other(z, _, shift, a, scale):
@@ -214,20 +214,20 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array, columns: bool) ->
         return jnp.floor(jnp.maximum(z - s, -0.5))
 
     z, z_ties = z.astype(shift.dtype), jax.lax.optimization_barrier(z).astype(shift.dtype)
-    others = row_sum_of(other, False, z, shift, a, scale)
-    ties = (z.shape[-1] - 1) + row_sum_of(below, False, z_ties, jnp.where(empty, 1.0, shift))
+    others = row_sum_of(other, 0, z, shift, a, scale)
+    ties = (z.shape[-1] - 1) + row_sum_of(below, 0, z_ties, jnp.where(empty, 1.0, shift))
     return others + jnp.maximum(ties, 0.0)
 
 
 @_rest_of.defjvp
-def _rest_of_jvp(columns, primals, tangents):
+def _rest_of_jvp(width, primals, tangents):
     """``d(1 + rest) = sum_k e^{z_k - m} (dz_k - dm)``: ``1 + rest`` is the plain sum.
 
     (The left-out largest entries have the derivative of ``e^{z - m}`` too.)
     """
     z, shift, empty = primals
     dz, dshift, _ = tangents
-    rest = _rest_of(z, shift, empty, columns)
+    rest = _rest_of(z, shift, empty, width)
     return rest, _exp_dot(z, shift, dz) - (1 + rest) * dshift
 
 
@@ -253,28 +253,41 @@ LABEL_COLUMNS = 100  # ... the integer-label loss's (past 122 its loop runs 3x s
 REST_COLUMNS = 128  # ... the log-sum-exp's, whose terms are simpler ...
 COLUMN_ROWS = 1024  # ... in a batch of at least this many rows
 HALF_COLUMNS = 15  # 16-bit logits: XLA copies their upcast into at most 15 places
+MIN_WIDTH = 16  # the narrowest block of columns a longer row is cut into
 
 
-def by_columns(z: jax.Array, classes: int = COLUMNS) -> bool:
-    """Whether the rows of ``z`` are summed column by column (static).
+def by_columns(z: jax.Array, classes: int = COLUMNS, blocks: bool = True) -> int:
+    """The width of the column blocks in which the rows of ``z`` are summed (static).
 
-    A row of at most ``classes`` classes is summed as a balanced tree of its
-    columns: XLA fuses the columns' operations and the rest of the row's
-    work into one loop over the rows, where its reductions over short rows
-    cost several times more per entry (2x to 3x on ``logsumexp`` of 8192 x
-    10 logits). The limits are measured: the loop's unrolled code grows
-    with the classes (and the compile time with it), and past them the
-    reductions win. Below ``COLUMN_ROWS`` rows the loop's handoff to a
-    second thread costs more than it saves, and under ``vmap`` the rows are
-    not seen here. 16-bit logits go by columns up to ``HALF_COLUMNS``
-    classes: XLA's CPU backend slices them out of their float32 upcast,
-    which its fusion copies into the loop for up to 15 slices (its limit on
-    duplicated code) and past that writes out, a float32 copy of the logits.
+    0: whole rows, as reductions. A row of at most ``classes`` classes is
+    summed as a balanced tree of its columns (width ``C``): XLA fuses the
+    columns' operations and the rest of the row's work into one loop over
+    the rows, where its reductions over short rows cost several times more
+    per entry (2x to 3x on ``logsumexp`` of 8192 x 10 logits). With
+    ``blocks``, a longer row of at most ``BLOCK`` classes is cut into blocks
+    of the widest width between ``MIN_WIDTH`` and ``classes`` that divides
+    ``C`` (125 for 1000 classes), each summed by columns as a row of its own,
+    and the blocks' sums are added. The limits are measured: the loop's
+    unrolled code grows with the width (and the compile time with it), and
+    past them the reductions win. Below ``COLUMN_ROWS`` rows (of blocks) the
+    loop's handoff to a second thread costs more than it saves, and under
+    ``vmap`` the rows are not seen here. 16-bit logits go by columns up to
+    ``HALF_COLUMNS`` classes and not by blocks: XLA's CPU backend slices them
+    out of their float32 upcast, which its fusion copies into the loop for up
+    to 15 slices (its limit on duplicated code) and past that writes out, a
+    float32 copy of the logits.
     """
-    rows = z.size // max(z.shape[-1], 1)
-    if compute_dtype(z.dtype) != z.dtype:
+    num_classes = z.shape[-1]
+    rows = z.size // max(num_classes, 1)
+    half = compute_dtype(z.dtype) != z.dtype
+    if half:
         classes = min(classes, HALF_COLUMNS)
-    return z.shape[-1] <= classes and rows >= COLUMN_ROWS
+    width = 0
+    if num_classes <= classes:
+        width = num_classes
+    elif blocks and not half and num_classes <= BLOCK:
+        width = max((w for w in range(MIN_WIDTH, classes + 1) if num_classes % w == 0), default=0)
+    return width if width and rows * (num_classes // width) >= COLUMN_ROWS else 0
 
 
 def computed_once(x: jax.Array, finite: jax.Array) -> jax.Array:
@@ -305,19 +318,38 @@ def _pairwise(op, xs: list) -> jax.Array:
     return xs[0]
 
 
-def row_sum_of(f, columns: bool, z: jax.Array, *rows: jax.Array) -> jax.Array:
+def row_sum_of(f, width: int, z: jax.Array, *rows: jax.Array) -> jax.Array:
     """``sum_k f(z_k, k, *rows)`` over the last axis; ``rows`` are ``(...,)`` per-row values.
 
-    ``k`` is the class index. With ``columns`` (static, see :func:`by_columns`)
-    ``f`` is applied to each column ``z[..., k]`` (``k`` a Python int) and the
-    results are added pairwise; otherwise to the whole array (``k`` an int32
-    iota), with the per-row values broadcast, and summed.
+    ``k`` is the class index. ``width`` (static) is :func:`by_columns`'s: 0
+    applies ``f`` to the whole array (``k`` an int32 iota), with the per-row
+    values broadcast, and sums. ``C`` applies it to each column ``z[..., k]``
+    (``k`` a Python int) and adds the results pairwise. A smaller width does
+    that on the ``C / width`` blocks of each row as rows of their own (``k``
+    the class index of the block's column), adds the blocks' sums pairwise,
+    and computes the blocks' sums once (:func:`computed_once`): else XLA
+    copies their adds into the second sum and slices every column of every
+    block out of the logits.
     """
-    if not columns:
+    if not width:
         k = jax.lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
         return jnp.sum(f(z, k, *(r[..., None] for r in rows)), axis=-1)
     cd = compute_dtype(z.dtype)
-    return _pairwise(jnp.add, [f(z[..., k].astype(cd), k, *rows) for k in range(z.shape[-1])])
+    if width == z.shape[-1]:
+        return _pairwise(jnp.add, [f(z[..., k].astype(cd), k, *rows) for k in range(width)])
+    batch, blocks = z.shape[:-1], z.shape[-1] // width
+
+    def per_block(r):  # (...,) -> (rows * blocks,), each row's value for each of its blocks
+        return jnp.broadcast_to(r[..., None], batch + (blocks,)).reshape(-1)
+
+    z = z.reshape(-1, width)
+    first = per_block(jnp.zeros(batch, jnp.int32)) + jnp.tile(
+        jnp.arange(0, blocks * width, width, dtype=jnp.int32), z.shape[0] // blocks
+    )
+    rows = tuple(per_block(r) for r in rows)
+    sums = _pairwise(jnp.add, [f(z[:, k].astype(cd), first + k, *rows) for k in range(width)])
+    sums = computed_once(sums, jnp.isnan(z[:, 0]).astype(cd)).reshape(batch + (blocks,))
+    return _pairwise(jnp.add, [sums[..., b] for b in range(blocks)])
 
 
 def _block_reduce(x: jax.Array, op, init: float, block: int) -> jax.Array:
@@ -379,7 +411,7 @@ def _blocked_rest(z, shift, block_max, empty, block):
     in_row = index < num_classes
     inside = jnp.minimum(index, num_classes - 1)
     top_block = jnp.take_along_axis(z, inside, axis=-1, mode="promise_in_bounds")
-    return others + _rest_of(jnp.where(in_row, top_block, -jnp.inf), shift, empty, False)
+    return others + _rest_of(jnp.where(in_row, top_block, -jnp.inf), shift, empty, 0)
 
 
 @_blocked_rest.defjvp
@@ -473,7 +505,8 @@ def scaled_exp_total(z: jax.Array, shift: jax.Array) -> jax.Array:
     if z.shape[-1] > BLOCK:
         return jnp.sum(scaled_exp(z, shift), axis=-1)
     a, scale = row_shift(shift)
-    return row_sum_of(lambda z, _, a: jnp.exp(z.astype(a.dtype) - a), by_columns(z), z, a) * scale
+    width = by_columns(z, blocks=False)  # (by blocks, measured slower here)
+    return row_sum_of(lambda z, _, a: jnp.exp(z.astype(a.dtype) - a), width, z, a) * scale
 
 
 def _prepare(x_in: ArrayLike, axis: Axis, where: ArrayLike | None, fname: str):

@@ -41,11 +41,18 @@ def test_which_rows_go_by_columns():
     assert _logsumexp.by_columns(f32(1024, 10))
     assert _logsumexp.by_columns(f32(4, 256, 32))  # rows counted over the batch axes
     assert not _logsumexp.by_columns(f32(1023, 10))
-    assert not _logsumexp.by_columns(f32(1024, 33))
-    assert _logsumexp.by_columns(f32(1024, 100), _logsumexp.LABEL_COLUMNS)
-    assert not _logsumexp.by_columns(f32(1024, 101), _logsumexp.LABEL_COLUMNS)
-    assert _logsumexp.by_columns(f32(1024, 128), _logsumexp.REST_COLUMNS)
-    assert not _logsumexp.by_columns(f32(1024, 129), _logsumexp.REST_COLUMNS)
+    assert _logsumexp.by_columns(f32(1024, 33)) == 0  # 3 x 11: no block of 16 to 32
+    assert _logsumexp.by_columns(f32(1024, 100), _logsumexp.LABEL_COLUMNS) == 100
+    assert _logsumexp.by_columns(f32(1024, 128), _logsumexp.REST_COLUMNS) == 128
+    # Longer rows in blocks: the widest divisor of C from MIN_WIDTH up to the limit.
+    assert _logsumexp.by_columns(f32(1024, 1000), _logsumexp.REST_COLUMNS) == 125
+    assert _logsumexp.by_columns(f32(1024, 1000), _logsumexp.LABEL_COLUMNS) == 100
+    assert _logsumexp.by_columns(f32(128, 1000), _logsumexp.REST_COLUMNS) == 125  # 1024 blocks
+    assert not _logsumexp.by_columns(f32(64, 1000), _logsumexp.REST_COLUMNS)  # 512 blocks
+    assert not _logsumexp.by_columns(f32(1024, 997), _logsumexp.REST_COLUMNS)  # a prime
+    assert not _logsumexp.by_columns(f32(1024, 2048), _logsumexp.REST_COLUMNS)  # past BLOCK
+    assert not _logsumexp.by_columns(f32(1024, 1000), blocks=False)
+    assert not _logsumexp.by_columns(jnp.zeros((1024, 1000), jnp.bfloat16), _logsumexp.REST_COLUMNS)
 
 
 def test_the_fixture_switches_the_path(monkeypatch):
@@ -55,6 +62,7 @@ def test_the_fixture_switches_the_path(monkeypatch):
     jax.clear_caches()
     assert _slices(jaxsce.logsumexp, z) >= 10
     assert _slices(CE, z, jnp.zeros(8, jnp.int32)) >= 10
+    assert _slices(jaxsce.logsumexp, jnp.zeros((8, 1000), jnp.float32)) >= 125  # blocks
     jax.clear_caches()
 
 
@@ -72,13 +80,14 @@ def _confident_rows(num_classes, scale, seed=0):
 SCALES = (-200.0, -40.0, -17.5, 0.0, 79.5, 96.5, 112.5, 144.5, 1e4)
 
 
-@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("num_classes", [10, 100, 1000])
 @pytest.mark.parametrize("scale", SCALES)
 def test_within_a_few_ulp_of_mpmath(columns, scale, num_classes):
     """The bounds of the row path: lse 1 ulp, log p_top and the loss 4, p 6.
 
     100 classes: the log-sum-exp (``logsumexp``, ``log_softmax``) and the
-    loss go by columns, softmax by rows.
+    loss go by columns, softmax by rows; 1000 classes: the log-sum-exp and
+    the loss by blocks of 125 and 100 columns.
 
     Near ``lse = 0`` (scale 0) ``m + log1p(r)`` cancels, on either path, and
     the bound on lse is the absolute one of ``log1p(r)``: 1 ulp of 1.
@@ -185,7 +194,7 @@ def test_gradients_match_jax_nn(columns):
         np.testing.assert_allclose(g, g_ref, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("num_classes", [10, 100, 1000])
 @pytest.mark.parametrize("scale", SCALES)
 def test_gradients_within_a_few_ulp_of_mpmath(columns, scale, num_classes):
     """Gradients whose rows' sums go by columns, against mpmath.
@@ -217,17 +226,19 @@ def _kernels(f, *args):
 def test_a_sum_of_columns_is_computed_once(monkeypatch):
     """Read by several kernels, a column sum is still one kernel (``computed_once``).
 
-    Without its division the loss and a forward + backward pass, and without
-    its select a reduction of ``log_softmax``, get a kernel per column: the
-    count below fails on either (32 columns).
+    Without its division the loss, a forward + backward pass and a row in
+    blocks, and without its select a reduction of ``log_softmax``, get a
+    kernel per column: the count below fails on either (32 columns).
     """
     z = jnp.asarray(np.random.default_rng(0).normal(size=(8192, 32)).astype(np.float32))
     y, c = jnp.zeros(8192, jnp.int32), z[::-1]
+    long_rows = jnp.asarray(np.random.default_rng(1).normal(size=(1024, 1000)).astype(np.float32))
     programs = {
         "loss": (CE, z, y),
         "loss and lse": (lambda z, y: CE(z, y, return_aux=True), z, y),
         "value and grad": (jax.value_and_grad(lambda z: jaxsce.logsumexp(z) @ c[:, 0]), z),
         "sum of log_softmax": (lambda z: jnp.sum(jaxsce.log_softmax(z) * c), z),
+        "blocks": (jaxsce.logsumexp, long_rows),  # 8 blocks of 125 columns
     }
 
     def counts():
@@ -239,6 +250,7 @@ def test_a_sum_of_columns_is_computed_once(monkeypatch):
         monkeypatch.setattr(module, "computed_once", lambda x, _: jnp.where(x == x, x, jnp.nan))
     no_division = counts()
     assert no_division["loss"] > 32 and no_division["value and grad"] > 32
+    assert no_division["blocks"] > 32
     for module in (_logsumexp, jaxsce._cross_entropy):
         monkeypatch.setattr(module, "computed_once", lambda x, finite: x / (finite * 0 + 1))
     no_select = counts()
