@@ -392,8 +392,10 @@ def _xent_fwd(z, where, t, cap):
         # float32: the backward pass reuses the forward pass's array `u` (XLA
         # shares it and writes the gradient over it). 16-bit: `u` would be a
         # float32 array twice the logits' size that no gradient can overwrite;
-        # the forward pass sums without it and the backward pass recomputes it.
-        out, res = _label_values(z, t, fused_sum=_is_16bit(z))
+        # the forward pass sums without it (by columns where it can: up to 15
+        # classes) and the backward pass recomputes it.
+        half = _is_16bit(z)
+        out, res = _label_values(z, t, fused_sum=half, columns=half)
         return out, (z, where, t, *res)
     out, (s, _) = _xent_values(z, where, t, cap)
     # Residuals: the inputs themselves and three numbers per example.

@@ -287,7 +287,7 @@ def test_16_bit_logits_get_no_float32_copy(dtype):
 
 @pytest.mark.parametrize("scale", [-40.0, 0.0, 100.0, 1e3])
 def test_bfloat16_rows_by_columns_round_once(columns, scale):
-    """bfloat16 logits by columns: lse, p and log p_top within half a bfloat16 ulp.
+    """bfloat16 by columns: lse, p, log p_top, the loss and its gradient within half an ulp.
 
     Computed in float32 and rounded once: the error is the final rounding's
     (at most 2^-8 of the value) plus float32's few ulp.
@@ -298,10 +298,15 @@ def test_bfloat16_rows_by_columns_round_once(columns, scale):
     rows = np.arange(len(z))
     lse_ref = np.array([lse_mp(r) for r in z])  # mpmath numbers: z - lse is exact
     p_ref = np.stack([softmax_mp(r) for r in z])
+    labels = (top + 1) % z.shape[1]
+    ce_ref = [integer_ce_mp(r, int(y)) for r, y in zip(z, labels)]
+    grad = jax.jit(jax.grad(lambda z: jnp.sum(CE(z, labels))))(zb)  # p - onehot(y)
     for got, ref in (
         (jaxsce.logsumexp(zb), lse_ref),
         (jaxsce.softmax(zb), p_ref),
         (jaxsce.log_softmax(zb)[rows, top], z[rows, top] - lse_ref),
+        (jax.jit(CE)(zb, labels), [loss for loss, _ in ce_ref]),
+        (grad, np.stack([g for _, g in ce_ref])),
     ):
         got = np.asarray(got.astype(jnp.float32), np.float64)
         ref = np.asarray(ref, np.float64)
