@@ -230,14 +230,18 @@ def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
     margin; the row scale ``e^{a - m}`` keeps the terms at most 1. The label's
     entry is taken out by index, so that its sum ``T`` is the other classes'
     alone, without the cancellation of subtracting it from the full sum (and
-    ties with the label count as they should).
+    ties with the label count as they should): by the factor ``min(|k - y|,
+    1)``, 0 on it and 1 elsewhere, which XLA's CPU kernels run faster than a
+    select.
 
     Returns:
       ``(u, T, E, z_y)``: ``u`` ``(..., C)``; ``T = sum_{k != y} u_k``,
       ``E = e^{z_y - a} e^{a - m}`` and the label's logit, each ``(...,)``.
     """
     safe, z_y = _label_logit(z, labels, m.dtype)
-    u = jnp.where(_onehot(safe, z), 0.0, scaled_exp(z.astype(m.dtype), m))
+    k = jax.lax.broadcasted_iota(safe.dtype, z.shape, z.ndim - 1)
+    off = jnp.minimum(jnp.abs(k - safe[..., None]), 1).astype(m.dtype)
+    u = scaled_exp(z.astype(m.dtype), m) * off
     return u, jnp.sum(u, axis=-1), scaled_exp(z_y[..., None], m)[..., 0], z_y
 
 
