@@ -112,7 +112,11 @@ def _dense_targets(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Arr
     y = jnp.zeros_like(z) if t.dense is None else t.dense.astype(z.dtype)
     if t.labels is not None:
         a = 1.0 if t.label_weight is None else t.label_weight[..., None].astype(z.dtype)
-        y = y + jnp.where(_onehot(t.labels, z), a, 0.0)
+        # 1 - min(|k - y|, 1): the one-hot row by arithmetic, which XLA's CPU
+        # kernels run faster than a select (labels out of range match nothing).
+        k = jax.lax.broadcasted_iota(t.labels.dtype, z.shape, z.ndim - 1)
+        y_k = jnp.clip(t.labels, -1, z.shape[-1])[..., None]
+        y = y + a * (1 - jnp.minimum(jnp.abs(k - y_k), 1).astype(z.dtype))
     if t.smooth_weight is not None:
         y = y + t.smooth_weight[..., None].astype(z.dtype) * _uniform(t, where, z)
     return y
