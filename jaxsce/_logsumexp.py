@@ -185,16 +185,16 @@ def _rest_of(z: jax.Array, shift: jax.Array, empty: jax.Array, width: int) -> ja
     the sum, where one product of the sum would add its half ulp to ``rest``.
 
     Summed by columns (``width``, static, from :func:`by_columns`; 0 for
-    whole rows), the largest entries are left out by a select. XLA's CPU reductions over whole rows
-    run a select several times slower, so there they are left out by the
-    factor ``1 - top = ceil(min(m - z, 1))`` (0 on it, 1 below it), and the
-    ties are counted as ``C + sum(floor(max(z - s, -1/2)))`` (each term -1
-    below the top, 0 on it) with a copy ``s`` of the shift that differs from
-    it in empty rows (where nothing counts) and other constants: XLA writes
-    out as an ``(..., C)`` array whatever two reductions share, instead of
-    fusing it into each. For the same reason 16-bit logits are upcast twice,
-    the second time from a barrier's copy of ``z`` (a no-op that XLA does
-    not merge with ``z``).
+    whole rows), the largest entries are left out by a select. XLA's CPU
+    reductions over whole rows run a select several times slower, so there
+    they are left out by the factor ``1 - top = ceil(min(m - z, 1))`` (0 on
+    it, 1 below it), and the ties are counted as ``C + sum(floor(max(z - s,
+    -1/2)))`` (each term -1 below the top, 0 on it) with a copy ``s`` of the
+    shift that differs from it in empty rows (where nothing counts) and
+    other constants: XLA writes out as an ``(..., C)`` array whatever two
+    reductions share, instead of fusing it into each. For the same reason
+    16-bit logits are upcast twice, the second time from a barrier's copy
+    of ``z`` (a no-op that XLA does not merge with ``z``).
     """
     a, scale = row_shift(shift)
     if width:
@@ -249,7 +249,7 @@ def _exp_dot(z: jax.Array, shift: jax.Array, dz: jax.Array) -> jax.Array:
 
 
 COLUMNS = 32  # classes per row up to which softmax's sum goes column by column ...
-LABEL_COLUMNS = 100  # ... the integer-label loss's (past 122 its loop runs 3x slower) ...
+LABEL_COLUMNS = 100  # ... the integer-label loss's (measured: much slower past 122) ...
 REST_COLUMNS = 128  # ... the log-sum-exp's, whose terms are simpler ...
 COLUMN_ROWS = 1024  # ... in a batch of at least this many rows
 HALF_COLUMNS = 15  # 16-bit logits: XLA copies their upcast into at most 15 places
@@ -343,9 +343,8 @@ def row_sum_of(f, width: int, z: jax.Array, *rows: jax.Array) -> jax.Array:
         return jnp.broadcast_to(r[..., None], batch + (blocks,)).reshape(-1)
 
     z = z.reshape(-1, width)
-    first = per_block(jnp.zeros(batch, jnp.int32)) + jnp.tile(
-        jnp.arange(0, blocks * width, width, dtype=jnp.int32), z.shape[0] // blocks
-    )
+    first = jnp.arange(0, blocks * width, width, dtype=jnp.int32)  # each block's first class
+    first = jnp.broadcast_to(first, batch + (blocks,)).reshape(-1)
     rows = tuple(per_block(r) for r in rows)
     sums = _pairwise(jnp.add, [f(z[:, k].astype(cd), first + k, *rows) for k in range(width)])
     sums = computed_once(sums, jnp.isnan(z[:, 0]).astype(cd)).reshape(batch + (blocks,))
