@@ -298,6 +298,25 @@ def test_jit_composes(fn):
 # -- edge cases and bad input -------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_labels_past_two_to_the_24_are_told_apart(dtype):
+    """2^24 + 4 classes: the label and its neighbour are different classes.
+
+    Two classes of logit 0, every other one ``-inf``: the loss is ``log 2``
+    and the gradient ``-1/2``, ``+1/2``. A float32 class index rounds
+    2^24 + 1 to 2^24 and leaves both out of the sum (loss 0).
+    """
+    num_classes, label = 2**24 + 4, 2**24 + 1
+    z = np.full((1, num_classes), -np.inf, np.float32)
+    z[0, label - 1 : label + 1] = 0.0
+    z, y = jnp.asarray(z, dtype), jnp.array([label])
+    loss, grad = jax.value_and_grad(lambda z: jnp.sum(INT(z, y)))(z)
+    np.testing.assert_allclose(INT(z, y)[0], np.log(2.0), rtol=1e-6)  # forward alone
+    np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(grad[0, label - 1 : label + 1].astype(jnp.float32), [0.5, -0.5])
+    assert float(np.float32(label)) != label  # the rounding that the index must avoid
+
+
 def test_out_of_range_labels_give_nan_not_a_wrap():
     z = _logits((4, 5))
     y = jnp.array([0, -1, 5, 2])
