@@ -321,22 +321,25 @@ def _label_columns(z: jax.Array, labels: jax.Array, m: jax.Array, width: int):
     return total, jnp.exp(z_y - a) * scale, z_y
 
 
-def _label_values(z: jax.Array, t: Targets, fused_sum: bool = False, columns: bool = False):
+def _label_values(z: jax.Array, t: Targets, without_u: bool = False):
     """:func:`_xent_values` for one weighted label per example, from :func:`_label_terms`.
 
     ``lse - z_y = log1p(T / E)``: a sum of positive terms, no cancellation
     for a confident prediction. Where ``T / E`` overflows (the label far
     below the largest logit) it is ``(m - z_y) + log(T)`` instead.
+    ``without_u`` (static): sum ``T`` without writing ``u`` out, by columns
+    where :func:`by_columns` allows (:func:`_label_columns`), else in one
+    fused pass (:func:`_label_total`).
     """
     assert t.labels is not None  # see _labels_only
     # Logits stay in their dtype: max and gather are exact in 16 bits, and each
     # fused kernel upcasts what it reads (no float32 copy of 16-bit logits).
     cd = compute_dtype(z.dtype)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1)).astype(cd)
-    width = by_columns(z, LABEL_COLUMNS) if columns else 0
+    width = by_columns(z, LABEL_COLUMNS) if without_u else 0
     if width:
         total, e_y, z_y = _label_columns(z, t.labels, m, width)
-    elif fused_sum:
+    elif without_u:
         total, e_y, z_y = _label_total(z, t.labels, m)
     else:
         _, total, e_y, z_y = _label_terms(z, t.labels, m)
@@ -405,7 +408,7 @@ def _xent(z: jax.Array, where: jax.Array | None, t: Targets, cap: float | None =
         # Value only: one fused sum, no array `u` (writing it costs more than
         # the sum's extra operations, and for 16-bit logits it would be a
         # float32 array twice their size). Short rows go by columns.
-        return _label_values(z, t, fused_sum=True, columns=True)[0]
+        return _label_values(z, t, without_u=True)[0]
     return _xent_values(z, where, t, cap)[0]
 
 
@@ -416,8 +419,7 @@ def _xent_fwd(z, where, t, cap):
         # float32 array twice the logits' size that no gradient can overwrite;
         # the forward pass sums without it (by columns where it can: up to 15
         # classes) and the backward pass recomputes it.
-        half = _is_16bit(z)
-        out, res = _label_values(z, t, fused_sum=half, columns=half)
+        out, res = _label_values(z, t, without_u=_is_16bit(z))
         return out, (z, where, t, *res)
     out, (s, _) = _xent_values(z, where, t, cap)
     # Residuals: the inputs themselves and three numbers per example.
@@ -705,11 +707,6 @@ def _num_valid_classes(where, z):
     return jnp.sum(where, axis=-1).astype(z.dtype)
 
 
-def _no_z_loss(z_loss) -> bool:
-    """Whether the z-loss is the Python float 0 (static: it adds no work)."""
-    return isinstance(z_loss, float) and z_loss == 0
-
-
 def _finish(
     ce,
     lse,
@@ -730,7 +727,7 @@ def _finish(
     is the traced options' check (None: nothing to check), which turns the
     loss into NaN where it fails.
     """
-    if _no_z_loss(z_loss):
+    if isinstance(z_loss, float) and z_loss == 0:
         z_term = jnp.zeros_like(ce)
     else:
         z_term = z_loss * jnp.where(keep, lse, 0.0) ** 2  # no 0 * NaN from ignored rows
@@ -848,10 +845,7 @@ def _integer_labels_impl(
     if not fused and (ignore_index is not None or where is not None):
         # The plain formulation: JAX would carry 0 * NaN from an ignored row.
         z = jnp.where(keep[..., None], z, jnp.zeros((), z.dtype))
-    if fused:
-        ce, lse, correct = _xent(z, where, t, logit_softcap)
-    else:
-        ce, lse, correct = _xent_values_only(z, where, t, logit_softcap)
+    ce, lse, correct = (_xent if fused else _xent_values_only)(z, where, t, logit_softcap)
     if smoothing == "t5x" and smoothed:
         ce = ce - entropy
         # The label must be a possible class: +inf if it is masked or -inf, for
