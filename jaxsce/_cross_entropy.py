@@ -107,16 +107,27 @@ def _onehot(labels: jax.Array, z: jax.Array) -> jax.Array:
     return iota == labels[..., None]
 
 
+def _off_label(labels: jax.Array, shape, dtype, first=0) -> jax.Array:
+    """``min(|k - y|, 1)`` in ``dtype``: 0 on each row's label, 1 on every other class.
+
+    The arithmetic form of ``1 - onehot``, which XLA's CPU kernels run faster
+    than a comparison and a select. ``k = first + j`` is the class index of
+    column ``j`` of ``shape``; ``dtype`` must hold every index exactly, and
+    ``labels`` lie within one step of their range (``k - y`` cannot overflow).
+    """
+    iota = jax.lax.broadcasted_iota(dtype, shape, len(shape) - 1)
+    index = jnp.asarray(first).astype(dtype) + iota
+    return jnp.minimum(jnp.abs(index - labels.astype(dtype)[..., None]), 1)
+
+
 def _dense_targets(t: Targets, where: jax.Array | None, z: jax.Array) -> jax.Array:
     """Writes the effective targets out as a ``(..., C)`` array (fused by XLA)."""
     y = jnp.zeros_like(z) if t.dense is None else t.dense.astype(z.dtype)
     if t.labels is not None:
         a = 1.0 if t.label_weight is None else t.label_weight[..., None].astype(z.dtype)
-        # 1 - min(|k - y|, 1): the one-hot row by arithmetic, which XLA's CPU
-        # kernels run faster than a select (labels out of range match nothing).
-        k = jax.lax.broadcasted_iota(t.labels.dtype, z.shape, z.ndim - 1)
-        y_k = jnp.clip(t.labels, -1, z.shape[-1])[..., None]
-        y = y + a * (1 - jnp.minimum(jnp.abs(k - y_k), 1).astype(z.dtype))
+        # Labels out of range, clipped to one step outside it, match nothing.
+        y_k = jnp.clip(t.labels, -1, z.shape[-1])
+        y = y + a * (1 - _off_label(y_k, z.shape, y_k.dtype).astype(z.dtype))
     if t.smooth_weight is not None:
         y = y + t.smooth_weight[..., None].astype(z.dtype) * _uniform(t, where, z)
     return y
@@ -249,8 +260,7 @@ def _label_terms(z: jax.Array, labels: jax.Array, m: jax.Array):
     safe, z_y = _label_logit(z, labels, m.dtype)
     e = scaled_exp(z.astype(m.dtype), m)
     if z.shape[-1] <= ARITHMETIC_CLASSES:
-        k = jax.lax.broadcasted_iota(safe.dtype, z.shape, z.ndim - 1)
-        u = e * jnp.minimum(jnp.abs(k - safe[..., None]), 1).astype(m.dtype)
+        u = e * _off_label(safe, z.shape, safe.dtype).astype(m.dtype)
     else:
         u = jnp.where(_onehot(safe, z), 0.0, e)
     return u, jnp.sum(u, axis=-1), scaled_exp(z_y[..., None], m)[..., 0], z_y
@@ -280,14 +290,12 @@ def _label_total(z: jax.Array, labels: jax.Array, m: jax.Array):
     index_dtype = cd if exact else safe.dtype
 
     def others(x, first, label):  # sum of e^{x - m} over entries whose index is not `label`
-        iota = jax.lax.broadcasted_iota(index_dtype, x.shape, x.ndim - 1)
-        index = first.astype(index_dtype) + iota
-        off = jnp.minimum(jnp.abs(index - label.astype(index_dtype)[..., None]), 1)
-        return jnp.sum(scaled_exp(x.astype(cd), m) * off.astype(cd), axis=-1)
+        off = _off_label(label, x.shape, index_dtype, first).astype(cd)
+        return jnp.sum(scaled_exp(x.astype(cd), m) * off, axis=-1)
 
     block = LABEL_BLOCK
     if num_classes <= 4 * block or _is_16bit(z):
-        return others(z, jnp.zeros((), safe.dtype), safe), e_y, z_y
+        return others(z, 0, safe), e_y, z_y
     # Every block but the label's, summed plainly; then the label's, without it.
     sums = scaled_exp(z.astype(cd), m)
     window = (1,) * (z.ndim - 1) + (block,)
